@@ -1,0 +1,122 @@
+"""The one interface every dataset offers.
+
+Two levels:
+- ``FaceDataset``: an index of source records (path, labels, identity, split) plus the files that were
+  skipped and why. File-backed datasets (UTKFace, LFW, folder+CSV) build it by scanning; nothing is
+  decoded until ``arrays()`` is called.
+- ``FaceArrays``: decoded uint8 images (N, H, W, 3) with float32 label arrays (NaN = unknown) and int64
+  identities (-1 = none). Methods, the training loop and the audit consume only this.
+
+``arrays(size, crop)`` goes through the preprocessing cache (``data/cache.py``) for file-backed datasets;
+the synthetic generator renders directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .schema import LabelSchema
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(RuntimeError):
+    """A dataset problem the user must fix (missing root, nothing usable); one-line message."""
+
+
+@dataclass
+class FaceRecord:
+    path: Path
+    labels: dict[str, float]  # NaN = unknown
+    identity: int = -1  # -1 = dataset has no identities
+    split: str = "train"
+
+
+@dataclass
+class FaceArrays:
+    images: np.ndarray  # (N, H, W, 3) uint8, possibly a read-only memmap
+    labels: dict[str, np.ndarray]  # name -> (N,) float32, NaN = unknown
+    schema: LabelSchema
+    identity: np.ndarray  # (N,) int64, -1 = none
+    split: np.ndarray  # (N,) str, one of SPLITS
+    paths: list[str] = field(default_factory=list)  # (N,) source file per row ("" for generated)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def select(self, index: np.ndarray) -> "FaceArrays":
+        """Rows by boolean mask or integer index (images stay a memmap view when they can)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return FaceArrays(
+            images=self.images[index],
+            labels={k: v[index] for k, v in self.labels.items()},
+            schema=self.schema,
+            identity=self.identity[index],
+            split=self.split[index],
+            paths=[self.paths[i] for i in index] if self.paths else [],
+        )
+
+    def subset(self, split: str) -> "FaceArrays":
+        if split not in SPLITS:
+            raise DataError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        return self.select(self.split == split)
+
+
+class FaceDataset:
+    """Base class of the file-backed datasets. Subclasses fill ``records``, ``skipped`` and ``schema``."""
+
+    name: str = "dataset"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DataError(f"{self.name}: root {self.root} does not exist")
+        self.schema: LabelSchema = LabelSchema()
+        self.records: list[FaceRecord] = []
+        self.skipped: dict[str, str] = {}  # path -> reason
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def arrays(self, size: int = 64, crop: float = 1.0, progress: bool = True) -> FaceArrays:
+        """Decode, centre-crop (keeping ``crop`` of the shorter side) and resize every record, via the cache."""
+        from .cache import cached_arrays
+
+        return cached_arrays(self, size=size, crop=crop, progress=progress)
+
+    def summary_line(self) -> str:
+        line = f"{self.name}: {len(self.records)} usable images"
+        if self.skipped:
+            reasons: dict[str, int] = {}
+            for reason in self.skipped.values():
+                key = reason.split(":")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+            line += f", {len(self.skipped)} skipped (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
+        return line
+
+
+def hash_fraction(key: str) -> float:
+    """A stable number in [0, 1) from a string: identical on every machine and Python version
+    (unlike ``hash()``, which is salted per process)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(key: str, test: float = 0.15, val: float = 0.05) -> str:
+    """Deterministic split by hashing ``key`` (a file name, or a person's name for LFW).
+
+    ``test`` of the keys go to test (BAFO's 85/15 split); ``val`` (a fraction of the whole) is carved
+    out of what would be train.
+    """
+    u = hash_fraction(key)
+    if u < test:
+        return "test"
+    if u < test + val:
+        return "val"
+    return "train"
