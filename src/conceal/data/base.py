@@ -80,14 +80,22 @@ class FaceDataset:
         self.schema: LabelSchema = LabelSchema()
         self.records: list[FaceRecord] = []
         self.skipped: dict[str, str] = {}  # path -> reason
+        self.undecodable: list[FaceRecord] = []  # records dropped by arrays() (also in skipped)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def arrays(self, size: int = 64, crop: float = 1.0, progress: bool = True) -> FaceArrays:
-        """Decode, centre-crop (keeping ``crop`` of the shorter side) and resize every record, via the cache."""
+    def arrays(self, size: int = 64, crop: float | None = None, progress: bool = True) -> FaceArrays:
+        """Decode, centre-crop (keeping ``crop`` of the shorter side) and resize every record, via the cache.
+
+        ``crop=None`` uses the dataset's ``default_crop`` (LFW: 0.5, the face fills the middle half).
+        Records whose image fails to decode move to ``skipped``/``undecodable``, so afterwards row i of
+        the arrays is ``records[i]``.
+        """
         from .cache import cached_arrays
 
+        if crop is None:
+            crop = getattr(self, "default_crop", 1.0)
         return cached_arrays(self, size=size, crop=crop, progress=progress)
 
     def summary_line(self) -> str:

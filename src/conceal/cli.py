@@ -1,0 +1,277 @@
+"""The ``conceal`` command line: data info, train, apply, encode, audit, demo.
+
+Every user-facing failure (bad path, bad label, bad config, unreadable model) ends in one line
+``conceal: error: ...`` and exit status 2, never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import ConfigError, build_run_config
+from .data import DATASETS, DataError, LabelError, open_dataset
+from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image, write_image
+
+USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, FileNotFoundError)
+
+
+def _parse_attributes(text: str | None) -> dict[str, str]:
+    """'gender=female,age=40' -> {'gender': 'female', 'age': '40'}."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise LabelError(f"--as takes name=value pairs separated by commas, not {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+# --- conceal data info --------------------------------------------------------------------------
+
+
+def cmd_data_info(args) -> int:
+    from .data.info import dataset_info, format_info
+
+    options = {"n": args.n} if args.dataset == "synthetic" else {}
+    info = dataset_info(open_dataset(args.dataset, args.root, **options))
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+# --- conceal train ------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .methods import method_class
+    from .train import train
+
+    overrides = list(args.set or [])
+    for flag, key in (("dataset", "data.dataset"), ("root", "data.root"), ("size", "data.size"), ("epochs", "train.epochs"),
+                      ("batch_size", "train.batch_size"), ("lr", "train.lr"), ("seed", "train.seed"), ("device", "train.device"),
+                      ("max_minutes", "train.max_minutes"), ("latent", "model.latent")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    cls = method_class(args.method)
+    config_path = args.config
+    if args.resume and config_path is None and (Path(args.out) / "config.toml").is_file():
+        config_path = Path(args.out) / "config.toml"  # resume with the run's own resolved config
+    cfg = build_run_config(args.method, config_path, overrides, cls.Config)
+    if args.no_progress:
+        cfg.train.progress = False
+    state = train(cfg, args.out, resume=args.resume)
+    print(f"run directory: {args.out} (checkpoint/, config.toml, loss_curves.png)")
+    return 130 if state.get("stopped") == "interrupted" else 0
+
+
+# --- conceal apply / encode ---------------------------------------------------------------------
+
+
+def _iter_batches(files: list[Path], size: int, crop: float, skipped: dict[str, str], batch: int = 64):
+    """Stream (paths, originals' sizes, (B, size, size, 3) uint8) batches; unreadable files are counted in ``skipped``."""
+    paths, shapes, images = [], [], []
+    for f in files:
+        try:
+            img = read_image(f)
+        except ImageReadError as e:
+            skipped[str(f)] = e.reason
+            continue
+        paths.append(f)
+        shapes.append(img.shape[:2])
+        images.append(center_crop_resize(img, size, crop))
+        if len(images) == batch:
+            yield paths, shapes, np.stack(images)
+            paths, shapes, images = [], [], []
+    if images:
+        yield paths, shapes, np.stack(images)
+
+
+def _skip_summary(skipped: dict[str, str]) -> str:
+    if not skipped:
+        return ""
+    reasons: dict[str, int] = {}
+    for r in skipped.values():
+        reasons[r] = reasons.get(r, 0) + 1
+    return f", {len(skipped)} skipped (" + "; ".join(f"{n} {r}" for r, n in reasons.items()) + ")"
+
+
+def _output_names(files: list[Path]) -> dict[Path, str]:
+    """Output file name per input: the stem, made unique when two inputs share one."""
+    names, used = {}, set()
+    for f in files:
+        name, i = f"{f.stem}.png", 1
+        while name in used:
+            name, i = f"{f.stem}-{i}.png", i + 1
+        used.add(name)
+        names[f] = name
+    return names
+
+
+def cmd_apply(args) -> int:
+    from tqdm import tqdm
+
+    from .methods import Concealer
+
+    model = Concealer.load(args.model)
+    attributes = _parse_attributes(args.as_)
+    model.attribute_tensors(attributes, 1)  # check the attributes before touching any file
+    files, skipped = iter_image_files(args.inputs)
+    if not files:
+        raise DataError("no image files among the inputs" + _skip_summary(skipped))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names, written = _output_names(files), 0
+    with tqdm(total=len(files), unit="img", disable=args.quiet or not sys.stderr.isatty()) as bar:
+        for paths, shapes, images in _iter_batches(files, model.image_size, args.crop, skipped):
+            released = model.conceal(images, as_=attributes)
+            for path, (h, w), img in zip(paths, shapes, released):
+                if args.upscale:
+                    from PIL import Image
+
+                    side = min(h, w)  # the centre crop the model saw, at the input's resolution
+                    img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
+                write_image(out / names[path], img, protect=files)
+                written += 1
+            bar.update(len(paths))
+    print(f"wrote {written} images to {out}{_skip_summary(skipped)}")
+    return 0 if written else 1
+
+
+def cmd_encode(args) -> int:
+    from .methods import Concealer
+
+    model = Concealer.load(args.model)
+    files, skipped = iter_image_files(args.inputs)
+    codes, paths = [], []
+    for batch_paths, _, images in _iter_batches(files, model.image_size, args.crop, skipped):
+        codes.append(model.encode(images))
+        paths += [str(p) for p in batch_paths]
+    if not codes:
+        raise DataError("no readable images among the inputs" + _skip_summary(skipped))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, codes=np.concatenate(codes), paths=np.array(paths))
+    tmp.replace(out)
+    print(f"wrote {len(paths)} codes of size {codes[0].shape[1]} to {out}{_skip_summary(skipped)}")
+    return 0
+
+
+# --- conceal demo -------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    path = run_demo(args.model, args.out)
+    print(f"demo grid: {path}")
+    return 0
+
+
+# --- conceal audit ------------------------------------------------------------------------------
+
+
+def cmd_audit(args) -> int:
+    from .audit import run_audit
+
+    report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="conceal", description="Remove sensitive information from face images, and measure what leaks.")
+    p.add_argument("--version", action="version", version=f"conceal {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    info = data.add_parser("info", help="counts per split, label distributions, identities, skipped files")
+    info.add_argument("--dataset", choices=DATASETS, required=True)
+    info.add_argument("--root", help="dataset folder (not needed for synthetic)")
+    info.add_argument("--n", type=int, default=10000, help="synthetic only: number of faces")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=cmd_data_info)
+
+    tr = sub.add_parser("train", help="train a method (one loop for all; checkpoints every epoch; --resume)")
+    tr.add_argument("method", help="concealer")
+    tr.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
+    tr.add_argument("--config", help="TOML config file (see configs/)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 (repeatable)")
+    tr.add_argument("--dataset", choices=DATASETS)
+    tr.add_argument("--root")
+    tr.add_argument("--size", type=int)
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--latent", type=int, help="latent size (concealer: 48 or 100 in the paper)")
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    crop_help = "fraction of the shorter side kept by the centre crop (default 1.0: the whole centred square)"
+    ap = sub.add_parser(
+        "apply",
+        help="re-render faces with chosen attributes",
+        description="Each image is centre-cropped to a square and resized to the model's size (no face detector: "
+        "give roughly centred faces). Outputs are PNGs at the model's size (--upscale: the crop's size), with no "
+        "metadata (no EXIF, no GPS). Inputs are never overwritten.",
+    )
+    ap.add_argument("model", help="a model directory (models/NAME) or a run directory")
+    ap.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    ap.add_argument("-o", "--out", required=True, help="output folder")
+    ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (others: unspecified)")
+    ap.add_argument("--upscale", action="store_true", help="resize outputs to the input crop's size")
+    ap.add_argument("--crop", type=float, default=1.0, help=crop_help)
+    ap.add_argument("--quiet", action="store_true")
+    ap.set_defaults(func=cmd_apply)
+
+    en = sub.add_parser("encode", help="export concealed codes (npz: codes N x d, paths N)")
+    en.add_argument("model")
+    en.add_argument("inputs", nargs="+", type=Path)
+    en.add_argument("-o", "--out", required=True, help="output .npz")
+    en.add_argument("--crop", type=float, default=1.0, help=crop_help)
+    en.set_defaults(func=cmd_encode)
+
+    au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")
+    au.add_argument("model")
+    au.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    au.add_argument("--root")
+    au.add_argument("-o", "--out", required=True, help="report directory (report.md, report.json, figures)")
+    au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split")
+    au.add_argument("--seed", type=int, default=0)
+    au.set_defaults(func=cmd_audit)
+
+    de = sub.add_parser("demo", help="conceal bundled sample faces with the shipped model; writes a PNG grid")
+    de.add_argument("--model", default=None, help="default: models/concealer-utkface-64")
+    de.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (*USER_ERRORS, CheckpointError) as e:
+        print(f"conceal: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("conceal: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

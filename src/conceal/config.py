@@ -1,0 +1,177 @@
+"""One config mechanism for every run: nested dataclasses <-> TOML <-> ``section.key=value`` overrides.
+
+A run's config is plain data: ``RunConfig`` holds the data, training and method sections. It can be
+read from a TOML file, overridden from the CLI (``--set model.latent=100``), and is saved resolved
+(``config.toml``) beside every checkpoint, so any run can be repeated from its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A config value or key that does not fit; one-line message for the user."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # utkface | lfw | folder | synthetic
+    root: str | None = None  # dataset folder; not needed for synthetic
+    size: int = 64  # images are centre-cropped and resized to size x size
+    crop: float | None = None  # fraction of the shorter side kept; None = the dataset's default
+    synthetic_n: int = 10000  # synthetic only: number of faces
+    synthetic_seed: int = 0  # synthetic only: generator seed
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: str = "concealer"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Any = None  # the method's own config dataclass (see conceal.methods.METHODS)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a TOML value against a dataclass field type, with a one-line error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, not {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrongly typed values."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"unknown config key '{where + '.' if where else ''}{key}'; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """Dataclass -> plain dict for TOML/JSON (None values are dropped: TOML has no null)."""
+
+    def clean(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: clean(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'model.latent=100' -> (['model', 'latent'], 100). Values are read as TOML, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override must look like section.key=value, not {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def build_run_config(
+    method: str,
+    toml_path: str | Path | None = None,
+    overrides: list[str] = (),
+    model_config_cls: type | None = None,
+) -> RunConfig:
+    """File (optional) + overrides -> a checked RunConfig with the method's model section."""
+    raw: dict = {}
+    if toml_path is not None:
+        try:
+            raw = tomllib.loads(Path(toml_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {toml_path} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {toml_path}: {e}") from None
+    raw.setdefault("method", method)
+    if raw["method"] != method:
+        raise ConfigError(f"config file is for method {raw['method']!r}, not {method!r}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    model_raw = raw.pop("model", {})
+    cfg = from_dict(RunConfig, raw)
+    if model_config_cls is not None:
+        cfg.model = from_dict(model_config_cls, model_raw, "model")
+    return cfg
+
+
+def save_toml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(tomli_w.dumps(to_dict(cfg)))

@@ -1,0 +1,57 @@
+"""What every method offers the training loop, the checkpoint code, the CLI and the audit.
+
+A method is an ``nn.Module`` built from (config dataclass, label schema, image size). It owns its
+optimizers and its update rule (adversarial methods alternate several), so the one training loop in
+``conceal.train`` stays free of per-method branches.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.schema import LabelSchema
+
+Batch = dict  # {"image": (B, 3, H, W) float in [0, 1], "labels": {name: (B,) float, NaN = unknown}, "identity": (B,) long}
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    # What the method hands to the world, which is exactly what the audit attacks:
+    # "codes" (vectors from encode()) and/or "images" (from apply()).
+    releases: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg, schema: LabelSchema, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.schema = schema
+        self.image_size = image_size
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
+        """One update (zero_grad/backward/step inside); returns the loss terms to log."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validation_step(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
+    return images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

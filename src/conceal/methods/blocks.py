@@ -1,0 +1,151 @@
+"""Building blocks shared by the methods: conv stacks, label encoding, attribute heads, gradient reversal."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.schema import LabelSchema
+
+
+CONTINUOUS_SCALE = 10.0
+
+
+def conv_encoder(in_channels: int, width: int, n_down: int, max_channels: int = 512) -> nn.Sequential:
+    """(B, C, H, W) -> (B, width * 2**(n_down-1), H / 2**n_down, W / 2**n_down): strided 4x4 convs, BN, LeakyReLU."""
+    layers: list[nn.Module] = []
+    ch = in_channels
+    for i in range(n_down):
+        out = min(width * 2**i, max_channels)
+        layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+        ch = out
+    return nn.Sequential(*layers)
+
+
+def conv_decoder(out_channels: int, width: int, n_up: int, max_channels: int = 512) -> nn.Sequential:
+    """Mirror of ``conv_encoder``: (B, width * 2**(n_up-1), h, w) -> (B, out_channels, h * 2**n_up, w * 2**n_up), in [0, 1]."""
+    layers: list[nn.Module] = []
+    chans = [min(width * 2**i, max_channels) for i in reversed(range(n_up))]
+    for i, ch in enumerate(chans):
+        last = i == len(chans) - 1
+        out = width // 2 if last else chans[i + 1]
+        layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+    layers += [nn.Conv2d(width // 2, out_channels, 3, padding=1), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by -weight backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.weight * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    return GradientReversal.apply(x, weight)
+
+
+def label_dim(schema: LabelSchema) -> int:
+    """Width of the label vector: 1 per binary/continuous label, K per categorical (one-hot)."""
+    return sum(label.n_classes if label.kind == "categorical" else 1 for label in schema)
+
+
+class LabelCodec(nn.Module):
+    """Labels -> the vector the decoder is conditioned on, with a learned "unspecified" value per label.
+
+    binary -> ±1; categorical -> one-hot; continuous -> scaled to [-1, 1] over its range. A label that is
+    NaN (unknown) or masked as unspecified is replaced by its learned vector, so a user can ask for a face
+    "with gender unspecified" and training can teach the decoder what that means (attribute dropout).
+    """
+
+    def __init__(self, schema: LabelSchema):
+        super().__init__()
+        self.schema = schema
+        self.unspecified = nn.ParameterDict(
+            {
+                label.name: nn.Parameter(torch.zeros(label.n_classes if label.kind == "categorical" else 1))
+                for label in schema
+            }
+        )
+
+    @property
+    def dim(self) -> int:
+        return label_dim(self.schema)
+
+    def forward(self, labels: dict[str, torch.Tensor], unspecified: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """labels: name -> (B,) float (NaN = unknown); unspecified: name -> (B,) bool. Returns (B, dim)."""
+        parts = []
+        for label in self.schema:
+            y = labels[label.name]
+            missing = torch.isnan(y)
+            if unspecified is not None and label.name in unspecified:
+                missing = missing | unspecified[label.name]
+            y = torch.nan_to_num(y, nan=0.0)
+            if label.kind == "binary":
+                v = (y * 2 - 1).unsqueeze(1)
+            elif label.kind == "categorical":
+                v = F.one_hot(y.long().clamp(0, label.n_classes - 1), label.n_classes).float()
+            else:
+                lo, hi = label.range
+                v = ((y - lo) / (hi - lo) * 2 - 1).unsqueeze(1)
+            parts.append(torch.where(missing.unsqueeze(1), self.unspecified[label.name].expand_as(v), v))
+        return torch.cat(parts, dim=1)
+
+
+class AttributeHeads(nn.Module):
+    """Predicts every label of a schema from features (B, F): a logit, K logits, or a value scaled to [0, 1].
+
+    Used for the concealer's latent critic and its image classifier, and reusable by any method that needs
+    an adversary or a task head over a schema.
+    """
+
+    def __init__(self, in_features: int, schema: LabelSchema):
+        super().__init__()
+        self.schema = schema
+        self.heads = nn.ModuleDict(
+            {label.name: nn.Linear(in_features, label.n_classes if label.kind == "categorical" else 1) for label in schema}
+        )
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def losses(self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-label mean loss over rows whose label is known (NaN rows are ignored, never guessed)."""
+        out = {}
+        for label in self.schema:
+            y = labels[label.name]
+            known = ~torch.isnan(y)
+            if not known.any():
+                out[label.name] = outputs[label.name].sum() * 0.0  # keeps the graph; contributes nothing
+                continue
+            pred, y = outputs[label.name][known], y[known]
+            if label.kind == "binary":
+                out[label.name] = F.binary_cross_entropy_with_logits(pred.squeeze(1), y)
+            elif label.kind == "categorical":
+                out[label.name] = F.cross_entropy(pred, y.long())
+            else:
+                # Measured in tenths of the range, so an age off by ~12 years weighs like a coin-flip CE.
+                lo, hi = label.range
+                out[label.name] = F.mse_loss(CONTINUOUS_SCALE * torch.sigmoid(pred.squeeze(1)), CONTINUOUS_SCALE * (y - lo) / (hi - lo))
+        return out
+
+    def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs -> label values in the dataset's units (class index, or value in range)."""
+        pred = {}
+        for label in self.schema:
+            o = outputs[label.name]
+            if label.kind == "binary":
+                pred[label.name] = (o.squeeze(1) > 0).float()
+            elif label.kind == "categorical":
+                pred[label.name] = o.argmax(1).float()
+            else:
+                lo, hi = label.range
+                pred[label.name] = lo + torch.sigmoid(o.squeeze(1)) * (hi - lo)
+        return pred

@@ -1,0 +1,35 @@
+"""Training: one loop (``loop.fit``) and one checkpoint format (``checkpoint``) for every method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import RunConfig
+from ..data import FaceArrays, open_dataset
+from ..methods import build_method
+from .checkpoint import load_model, save_checkpoint
+from .loop import fit
+
+
+def load_data(cfg: RunConfig, progress: bool = True) -> tuple[FaceArrays, object]:
+    """The run's dataset as arrays (decoded through the cache), plus the dataset object."""
+    d = cfg.data
+    options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if d.dataset == "synthetic" else {}
+    dataset = open_dataset(d.dataset, d.root, **options)
+    return dataset.arrays(size=d.size, crop=d.crop, progress=progress), dataset
+
+
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=print) -> dict:
+    """Data -> method -> fit. The whole training recipe, top to bottom."""
+    arrays, dataset = load_data(cfg, progress=cfg.train.progress)
+    if getattr(dataset, "skipped", None):
+        log(dataset.summary_line() if hasattr(dataset, "summary_line") else f"{len(dataset.skipped)} files skipped")
+    train_set, val_set = arrays.subset("train"), arrays.subset("val")
+    log(f"{cfg.method} on {cfg.data.dataset}: {len(train_set)} train / {len(val_set)} val images at {cfg.data.size}px")
+    method = build_method(cfg.method, cfg.model, arrays.schema, cfg.data.size)
+    n_params = sum(p.numel() for p in method.parameters())
+    log(f"{type(method).__name__}: {n_params / 1e6:.2f}M parameters")
+    return fit(method, train_set, val_set, cfg, run_dir, resume=resume, log=log)
+
+
+__all__ = ["fit", "load_data", "load_model", "save_checkpoint", "train"]

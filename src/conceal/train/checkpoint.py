@@ -1,0 +1,149 @@
+"""The one checkpoint format, used by every method, by runs and by the shipped models in ``models/``.
+
+A checkpoint is a directory:
+- ``model.safetensors``: the method's weights (safetensors: loading never executes code);
+- ``model.json``: method name, model config, label schema, image size, data config, epoch, metrics;
+- ``config.toml``: the resolved run config (repeat the run with ``--config`` on it);
+- ``train_state.safetensors`` + ``train_state.json`` (runs only): optimizer states, RNG state, position
+  in the epoch and the history, so ``--resume`` continues exactly where the run stopped.
+
+A run directory keeps its latest checkpoint in ``RUN/checkpoint/``. It is written to a temporary
+directory and swapped in with renames, so an interrupted write never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import RunConfig, from_dict, save_toml, to_dict
+from ..data.schema import LabelSchema
+from ..methods import Method, build_method, method_class
+
+FORMAT = "conceal-model/1"
+
+
+class CheckpointError(RuntimeError):
+    """A missing or unreadable checkpoint; one-line message for the user."""
+
+
+def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    plain_state: dict[str, dict[str, Any]] = {}
+    for idx, entries in sd["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state.setdefault(str(idx), {})[key] = value
+    meta[name] = {"param_groups": sd["param_groups"], "plain_state": plain_state}
+
+
+def _unflatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, field = key[len(prefix) :].split(".", 1)
+            state.setdefault(int(idx), {})[field] = value
+    for idx, entries in meta[name]["plain_state"].items():
+        state.setdefault(int(idx), {}).update(entries)
+    opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
+
+
+def write_model_files(directory: Path, method: Method, run_cfg: RunConfig, extra: dict | None = None) -> None:
+    """model.safetensors + model.json + config.toml into ``directory`` (which must exist)."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+    save_file(weights, directory / "model.safetensors", metadata={"format": FORMAT, "method": method.name})
+    info = {
+        "format": FORMAT,
+        "method": method.name,
+        "model_config": to_dict(method.cfg),
+        "schema": method.schema.to_json(),
+        "image_size": method.image_size,
+        "data": to_dict(run_cfg.data),
+        **(extra or {}),
+    }
+    (directory / "model.json").write_text(json.dumps(info, indent=2))
+    save_toml(run_cfg, directory / "config.toml")
+
+
+def save_checkpoint(run_dir: Path, method: Method, run_cfg: RunConfig, optimizers: dict, state: dict) -> Path:
+    """Atomically replace RUN/checkpoint with the current model, optimizers, RNG and loop position."""
+    run_dir = Path(run_dir)
+    tmp, final, old = run_dir / ".checkpoint.tmp", run_dir / "checkpoint", run_dir / ".checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    last = state["history"][-1]["val"] if state["history"] else {}
+    write_model_files(tmp, method, run_cfg, {"epoch": state["epoch"], "step": state["step"], "metrics": last})
+
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        _flatten_optimizer(name, opt, tensors, meta)
+    save_file(tensors, tmp / "train_state.safetensors")
+    (tmp / "train_state.json").write_text(json.dumps({"loop": state, "optimizers": meta}, indent=1))
+
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _model_dir(path: str | Path) -> Path:
+    """Accept a model directory (models/NAME), a checkpoint directory, or a run directory."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoint", path / ".checkpoint.old"):
+        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise CheckpointError(f"no model found at {path} (expected model.json + model.safetensors, or a run directory)")
+
+
+def read_model_info(path: str | Path) -> dict:
+    directory = _model_dir(path)
+    try:
+        info = json.loads((directory / "model.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{directory / 'model.json'} is not valid JSON: {e}") from None
+    if info.get("format") != FORMAT:
+        raise CheckpointError(f"{directory} is not a conceal model (format {info.get('format')!r}, expected {FORMAT})")
+    return info
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
+    """Rebuild a method from model.json and load its safetensors weights (no code is executed)."""
+    directory = _model_dir(path)
+    info = read_model_info(directory)
+    cls = method_class(info["method"])
+    cfg = from_dict(cls.Config, info["model_config"], "model")
+    method = build_method(info["method"], cfg, LabelSchema.from_json(info["schema"]), info["image_size"])
+    method.load_state_dict(load_file(directory / "model.safetensors"))
+    return method.to(device).eval()
+
+
+def load_train_state(run_dir: Path, method: Method, optimizers: dict) -> dict:
+    """Restore weights, optimizer states and RNG from RUN/checkpoint; return the loop position."""
+    directory = _model_dir(run_dir)
+    if not (directory / "train_state.json").is_file():
+        raise CheckpointError(f"{directory} has no training state to resume from")
+    method.load_state_dict(load_file(directory / "model.safetensors"))
+    tensors = load_file(directory / "train_state.safetensors")
+    meta = json.loads((directory / "train_state.json").read_text())
+    for name, opt in optimizers.items():
+        _unflatten_optimizer(name, opt, tensors, meta["optimizers"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    return meta["loop"]

@@ -1,0 +1,204 @@
+"""The one training loop every method uses.
+
+The loop owns batching, devices, progress, validation, checkpoints, resuming and stopping; the method
+owns its update rule (``Method.training_step``). Batches come from ``FaceArrays`` (decoded once into
+the preprocessing cache), shuffled by a generator seeded with (seed, epoch): a run resumed from any
+step sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import RunConfig, save_toml
+from ..data import FaceArrays
+from ..methods.base import Batch, Method, to_tensor_images
+from .checkpoint import load_train_state, save_checkpoint
+
+SHOWN = ("loss", "recon", "kl", "critic", "cls_decoded")  # loss terms on the progress bar
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def make_batch(data: FaceArrays, index: np.ndarray, device: torch.device) -> Batch:
+    """Rows ``index`` of the arrays -> a batch of tensors on ``device``."""
+    return {
+        "image": to_tensor_images(data.images[index], device),  # (B, 3, H, W) in [0, 1]
+        "labels": {k: torch.from_numpy(v[index]).to(device) for k, v in data.labels.items()},  # (B,) float, NaN = unknown
+        "identity": torch.from_numpy(data.identity[index]).to(device),  # (B,) long
+    }
+
+
+@torch.no_grad()
+def evaluate(method: Method, data: FaceArrays, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+    """Mean of ``validation_step`` over ``data``, weighted by batch size."""
+    method.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(data), batch_size):
+        index = np.arange(start, min(start + batch_size, len(data)))
+        for k, v in method.validation_step(make_batch(data, index, device)).items():
+            totals[k] = totals.get(k, 0.0) + v * len(index)
+    method.train()
+    return {k: v / max(len(data), 1) for k, v in totals.items()}
+
+
+class _StopRequest:
+    """Turns Ctrl-C / SIGTERM into a flag checked between steps, so a stop always saves a clean checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """One panel per logged quantity: train (per epoch mean) and validation curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h["train"]} | {k for h in history for k in h["val"]})
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, key in zip(axes.flat, keys):
+        for part, style in (("train", "-"), ("val", "--")):
+            ys = [h[part].get(key, np.nan) for h in history]
+            if not all(np.isnan(ys)):
+                ax.plot(epochs, ys, style, marker="o", ms=3, label=part)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fit(
+    method: Method,
+    train: FaceArrays,
+    val: FaceArrays,
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
+    log=print,
+) -> dict:
+    """Train ``method`` for ``cfg.train.epochs``; returns the loop state (epoch, step, history, stopped).
+
+    ``stop_after_steps`` stops after that many steps in this call, as an interruption would (for tests
+    and for callers that slice work).
+    """
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    method.to(device).train()
+    optimizers = method.configure_optimizers(tc.lr)
+    n_batches = len(train) // tc.batch_size
+    if n_batches == 0:
+        raise ValueError(f"{len(train)} training images is fewer than one batch of {tc.batch_size}")
+
+    state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "train_seconds": 0.0}
+    if resume:
+        state = load_train_state(run_dir, method, optimizers)
+        log(f"resumed from {run_dir / 'checkpoint'} at epoch {state['epoch']}, batch {state['batch']}")
+    save_toml(cfg, run_dir / "config.toml")
+
+    start, steps_here = time.monotonic(), 0
+    stopped = None
+    with _StopRequest() as stop:
+        for epoch in range(state["epoch"], tc.epochs):
+            order = np.random.default_rng([tc.seed, epoch]).permutation(len(train))
+            sums: dict[str, float] = dict(state.get("partial_sums", {}))
+            bar = tqdm(
+                range(state["batch"], n_batches),
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                disable=not tc.progress,
+                unit="batch",
+                leave=False,
+            )
+            data_time = step_time = 0.0
+            first = state["batch"]
+            for b in bar:
+                t0 = time.perf_counter()
+                batch = make_batch(train, np.sort(order[b * tc.batch_size : (b + 1) * tc.batch_size]), device)
+                t1 = time.perf_counter()
+                logs = method.training_step(batch, optimizers, state["step"])
+                t2 = time.perf_counter()
+                data_time, step_time = data_time + (t1 - t0), step_time + (t2 - t0)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                state["step"] += 1
+                state["batch"] = b + 1
+                steps_here += 1
+                shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in SHOWN}
+                bar.set_postfix(shown | {"img/s": f"{tc.batch_size * (b + 1 - first) / max(step_time, 1e-9):.0f}"})
+                elapsed_min = (state["train_seconds"] + time.monotonic() - start) / 60
+                if stop.requested or (tc.max_minutes and elapsed_min >= tc.max_minutes) or (
+                    stop_after_steps is not None and steps_here >= stop_after_steps
+                ):
+                    stopped = "interrupted" if stop.requested else ("max_minutes" if not stop_after_steps else "steps")
+                    break
+            bar.close()
+            state["train_seconds"] += time.monotonic() - start
+            start = time.monotonic()
+            if stopped:
+                # Mid-epoch: keep the running sums so the epoch's means come out as if never stopped.
+                state["partial_sums"] = sums
+                save_checkpoint(run_dir, method, cfg, optimizers, state)
+                log(f"stopped ({stopped}) at epoch {epoch + 1}, batch {state['batch']}/{n_batches}; checkpoint saved; continue with --resume")
+                break
+            train_means = {k: v / n_batches for k, v in sums.items()}
+            val_logs = evaluate(method, val, device) if len(val) else {}
+            state["history"].append({"epoch": epoch + 1, "train": train_means, "val": val_logs, "data_wait": data_time / max(step_time, 1e-9)})
+            state.update(epoch=epoch + 1, batch=0, partial_sums={})
+            save_checkpoint(run_dir, method, cfg, optimizers, state)
+            plot_history(state["history"], run_dir / "loss_curves.png")
+            log(
+                f"epoch {epoch + 1}/{tc.epochs}  "
+                + "  ".join(f"{k} {v:.4g}" for k, v in train_means.items())
+                + "  | val "
+                + "  ".join(f"{k} {v:.4g}" for k, v in val_logs.items())
+                + f"  | {tc.batch_size * (n_batches - first) / max(step_time, 1e-9):.0f} img/s, data wait {100 * data_time / max(step_time, 1e-9):.1f}%"
+            )
+    state["stopped"] = stopped
+    return state
