@@ -79,13 +79,28 @@ class FolderCSV(FaceDataset):
             raise DataError(f"folder: need 0 <= test, val and test + val < 1 (got {test_fraction}, {val_fraction})")
         self.csv_path = self._find_csv(csv)
         header, rows = self._read_csv(path_column)
+        # Rows whose path is unusable are skipped first, so only usable rows shape the inferred schema.
+        usable_rows = []
+        seen: set[str] = set()
+        for line, row in rows:
+            relative = row[path_column]
+            try:
+                self._check_path(relative, seen)
+            except ValueError as reason:
+                # A duplicate or empty path would be a confusing key: name the CSV line instead.
+                by_line = not relative or relative in seen
+                self.skipped[f"{self.csv_path.name} line {line}" if by_line else str(self.root / relative)] = str(reason)
+                continue
+            seen.add(relative)
+            usable_rows.append((line, row))
+
         label_columns = [c for c in header if c != path_column and c not in _RESERVED]
         self.ignored_columns: dict[str, str] = {}  # column -> why it is not a label
         if schema is None:
             labels = []
             for column in label_columns:
                 try:
-                    labels.append(infer_label(column, [row[column] for _, row in rows if row[column]]))
+                    labels.append(infer_label(column, [row[column] for _, row in usable_rows if row[column]]))
                 except LabelError as reason:
                     self.ignored_columns[column] = str(reason)
             self.schema = LabelSchema(tuple(labels))
@@ -96,21 +111,17 @@ class FolderCSV(FaceDataset):
             self.schema = schema
             self.ignored_columns = {c: "not in the given schema" for c in label_columns if c not in schema}
 
-        identity_names = sorted({row["identity"] for _, row in rows if row.get("identity")})
-        self.identity_names: list[str] = identity_names  # identity -> value in the CSV
-        identity_of = {name: i for i, name in enumerate(identity_names)}
-        seen: set[str] = set()
-        for line, row in rows:
+        self.identity_names: list[str] = sorted({row["identity"] for _, row in usable_rows if row.get("identity")})
+        identity_of = {name: i for i, name in enumerate(self.identity_names)}  # CSV value -> identity id
+        for line, row in usable_rows:
             relative = row[path_column]
             try:
-                self._check_path(relative, seen)
                 labels = self._parse_labels(row, inferred=schema is None)
                 split = self._split(row, relative, test_fraction, val_fraction)
             except ValueError as reason:
-                self.skipped[str(self.root / relative) if relative else f"{self.csv_path.name} line {line}"] = str(reason)
+                self.skipped[str(self.root / relative)] = str(reason)
                 continue
-            seen.add(relative)
-            identity = identity_of.get(row.get("identity") or "", -1)
+            identity = identity_of.get(row.get("identity", ""), -1)
             self.records.append(FaceRecord(path=self.root / relative, labels=labels, identity=identity, split=split))
         if not self.records:
             raise DataError(f"folder: no usable rows in {self.csv_path} ({len(self.skipped)} skipped)")
@@ -141,7 +152,7 @@ class FolderCSV(FaceDataset):
                     rows.append((reader.line_num, dict(zip(header, cells))))
         return header, rows
 
-    # The three checks below raise ValueError with the skip reason.
+    # The checks below raise ValueError with the skip reason.
 
     def _check_path(self, relative: str, seen: set[str]) -> None:
         if not relative:

@@ -51,14 +51,14 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """
     path = Path(path)
     try:
+        if path.is_dir():
+            raise ImageReadError("a folder, not an image")
         if path.stat().st_size == 0:
             raise ImageReadError("zero-byte file")
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
-    except PermissionError:
-        raise ImageReadError("permission denied") from None
-    if path.is_dir():
-        raise ImageReadError("a folder, not an image")
+    except OSError as error:
+        raise ImageReadError(f"unreadable file ({error.strerror or type(error).__name__})") from None
     try:
         with Image.open(path) as img:
             width, height = img.size

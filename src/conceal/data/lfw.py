@@ -49,10 +49,10 @@ class LFW(FaceDataset):
             split = assign_split(person_dir.name, test=test_fraction, val=val_fraction)
             identity = len(self.people)
             for entry in sorted(os.scandir(person_dir.path), key=lambda e: e.name):
-                path = Path(person_dir.path, entry.name)
-                match = _IMAGE_NAME.fullmatch(entry.name)
                 if entry.name.startswith("."):
                     continue
+                path = Path(person_dir.path, entry.name)
+                match = _IMAGE_NAME.fullmatch(entry.name)
                 if not entry.is_file() or match is None or match.group(1) != person_dir.name:
                     self.skipped[str(path)] = f"unexpected name: expected {person_dir.name}_NNNN.jpg"
                     continue
@@ -114,7 +114,8 @@ class LFW(FaceDataset):
         Returns (pairs (P, 2) int64 row indices into ``records``, same (P,) int64 1/0, counts). The pairs
         are pairs.txt's matched and mismatched lines whose images are both in ``split``, then
         ``n_mismatched`` pairs of images of two different people of the split, drawn with ``seed``
-        (default: as many as balance matched against mismatched). pairs.txt lines naming an image not
+        (default: as many as balance matched against mismatched, or as many as exist if fewer;
+        ``DataError`` if an explicit ``n_mismatched`` is more than exist). pairs.txt lines naming an image not
         among the records are counted as ``pairs_txt_unresolved``.
 
         Indices refer to ``records`` as of this call; ``arrays()`` first drops undecodable images from
@@ -139,25 +140,28 @@ class LFW(FaceDataset):
                 same.append(is_same)
                 counts["pairs_txt_matched" if is_same else "pairs_txt_mismatched"] += 1
 
-        if n_mismatched is None:
-            n_mismatched = max(0, counts["pairs_txt_matched"] - counts["pairs_txt_mismatched"])
-        seeded = self._draw_mismatched(split, n_mismatched, taken=set(map(frozenset, rows)), seed=seed)
+        in_split = np.array([i for i, r in enumerate(self.records) if r.split == split], dtype=np.int64)  # (M,)
+        taken = set(map(frozenset, rows))
+        available = self._n_mismatched_available(in_split, taken)
+        if n_mismatched is None:  # balance, as far as the split's people allow
+            n_mismatched = min(available, max(0, counts["pairs_txt_matched"] - counts["pairs_txt_mismatched"]))
+        elif n_mismatched > available:
+            raise DataError(f"lfw: asked for {n_mismatched} mismatched pairs in {split}, only {available} exist")
+        seeded = self._draw_mismatched(in_split, n_mismatched, taken, seed)
         rows += seeded
         same += [0] * len(seeded)
         counts["seeded_mismatched"] = len(seeded)
         return np.array(rows, dtype=np.int64).reshape(-1, 2), np.array(same, dtype=np.int64), counts
 
-    def _draw_mismatched(self, split: str, n: int, taken: set[frozenset], seed: int) -> list[tuple[int, int]]:
-        """``n`` distinct pairs of rows of ``split`` showing two different people, none already in ``taken``."""
-        in_split = np.array([i for i, r in enumerate(self.records) if r.split == split], dtype=np.int64)  # (M,)
+    def _n_mismatched_available(self, in_split: np.ndarray, taken: set[frozenset]) -> int:
+        """Unordered pairs of rows ``in_split`` showing two different people, less those in ``taken``."""
+        _, per_person = np.unique([self.records[i].identity for i in in_split], return_counts=True)
+        n_pairs = (len(in_split) ** 2 - int((per_person**2).sum())) // 2
+        return n_pairs - sum(1 for pair in taken if len({self.records[i].identity for i in pair}) == 2)
+
+    def _draw_mismatched(self, in_split: np.ndarray, n: int, taken: set[frozenset], seed: int) -> list[tuple[int, int]]:
+        """``n`` distinct pairs of rows ``in_split`` showing two different people, none already in ``taken``."""
         identity = np.array([self.records[i].identity for i in in_split], dtype=np.int64)  # (M,)
-        _, per_person = np.unique(identity, return_counts=True)
-        # Unordered pairs of different people, less those pairs.txt already gave (all of those in
-        # ``taken`` that are mismatched; matched ones are same-person and never collide).
-        available = (len(in_split) ** 2 - int((per_person**2).sum())) // 2
-        available -= sum(1 for pair in taken if len({self.records[i].identity for i in pair}) == 2)
-        if n > available:
-            raise DataError(f"lfw: asked for {n} mismatched pairs in {split}, only {available} exist")
         rng = np.random.default_rng(seed)
         drawn: list[tuple[int, int]] = []
         while len(drawn) < n:

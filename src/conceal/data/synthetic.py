@@ -85,8 +85,10 @@ EYE_RGB = np.array(
     dtype=F32,
 )  # brown, dark brown, blue, green, hazel
 LIPSTICK = np.array([0.78, 0.16, 0.26], dtype=F32)
-TEETH = np.array([0.96, 0.94, 0.88], dtype=F32)
-EYE_WHITE = np.array([0.96, 0.96, 0.94], dtype=F32)
+# Fixed colours for the planar canvas: (3, 1, 1, 1).
+TEETH = np.array([0.96, 0.94, 0.88], dtype=F32).reshape(3, 1, 1, 1)
+EYE_WHITE = np.array([0.96, 0.96, 0.94], dtype=F32).reshape(3, 1, 1, 1)
+PUPIL = np.full((3, 1, 1, 1), 0.03, dtype=F32)
 
 FACE_CY = -0.02  # face centre height in the face frame (image spans [-1, 1], y down)
 CHUNK = 256  # images per render chunk: big enough to amortise numpy overhead, small enough for cache
@@ -252,7 +254,7 @@ def _cov(d_px):
 
 def _ellipse(x, y, cx, cy, rx, ry, px):
     q = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-    return _cov((q - 1) * np.minimum(rx, ry) * px)
+    return _cov((q - 1) * (np.minimum(rx, ry) * px).astype(F32))
 
 
 def _rbox(x, y, cx, cy, hw, hh, r, px):
@@ -269,8 +271,9 @@ def _band(y, centre, half, px):
 
 
 def _span(x, lo, hi, px):
-    """lo < x < hi, soft-edged."""
-    return _cov((np.maximum(lo - x, x - hi)) * px)
+    """lo < x < hi: the interval's coverage of a one-pixel box around x, so an empty interval
+    (lo == hi, e.g. a closed mouth) draws nothing and a thin one draws faintly."""
+    return np.clip(np.minimum((hi - x) * px, 0.5) + np.minimum((x - lo) * px, 0.5), 0, 1)
 
 
 def _segment(x, y, ax, ay, bx, by, half, px):
@@ -281,7 +284,12 @@ def _segment(x, y, ax, ay, bx, by, half, px):
 
 
 class _Chunk:
-    """One chunk of B images: the canvas (B, H, W, 3), face-frame grids and window bookkeeping."""
+    """One chunk of B images: the canvas (B, H, W, 3), face-frame grids and window bookkeeping.
+
+    Each feature is drawn only inside a pixel *window* that contains it in every image of the chunk
+    (the union of the per-image boxes, plus a margin). Outside its box a feature's coverage is exactly
+    0, so windows change the cost, never the pixels.
+    """
 
     def __init__(self, p: dict[str, np.ndarray], size: int, crop: float):
         self.p = p
@@ -297,134 +305,168 @@ class _Chunk:
         self.X = (c3 * uu + s3 * vv) / sc
         self.Y = (-s3 * uu + c3 * vv) / sc
         self.px = (F32(size / 2 / crop) * p["scale"])[:, None, None]  # pixels per face unit (B, 1, 1)
-        self.canvas = np.empty((B, size, size, 3), F32)
+        # Planar canvas (3, B, H, W): colour ops then broadcast per-image colours (3, B, 1, 1) over long
+        # contiguous pixel runs; an interleaved (..., 3) layout makes numpy loop 3 values at a time.
+        self.canvas = np.empty((3, B, size, size), F32)
 
     def q(self, name):
-        """A per-image parameter shaped to broadcast against (B, h, w) (colours: (B, 1, 1, 3))."""
+        """A per-image parameter shaped to broadcast against (B, h, w); colours as (3, B, 1, 1)."""
         a = self.p[name]
-        return a[:, None, None] if a.ndim == 1 else a[:, None, None, :]
+        return a[:, None, None] if a.ndim == 1 else np.ascontiguousarray(a.T)[:, :, None, None]
 
     def window(self, x0, x1, y0, y1):
-        """Pixel window (row slice, col slice) covering face-frame box [x0, x1] x [y0, y1] (each (B,) or
-        scalar) in every image of the chunk, with a 2-pixel margin."""
+        """Pixel window (row slice, col slice) covering the face-frame box [x0, x1] x [y0, y1] (each (B,)
+        or scalar) of every image in the chunk, with a 2-pixel margin."""
         p, c, s = self.p, self.cos, self.sin
-        xs = np.stack(np.broadcast_arrays(x0, x1, x0, x1, p["rx"]))[:4]
-        ys = np.stack(np.broadcast_arrays(y0, y0, y1, y1, p["rx"]))[:4]
-        u = (c * xs - s * ys) * p["scale"] + p["du"]  # face -> image frame, (4, B)
+        xs = np.stack(np.broadcast_arrays(x0, x1, x0, x1, p["rx"])[:4])  # box corners (4, B)
+        ys = np.stack(np.broadcast_arrays(y0, y0, y1, y1, p["rx"])[:4])
+        u = (c * xs - s * ys) * p["scale"] + p["du"]  # face -> image frame
         v = (s * xs + c * ys) * p["scale"] + p["dv"]
-        to_px = lambda a: (a / self.crop + 1) * self.size / 2 - 0.5  # noqa: E731
-        lo = lambda a: int(np.clip(np.floor(to_px(a.min())) - 2, 0, self.size))  # noqa: E731
-        hi = lambda a: int(np.clip(np.ceil(to_px(a.max())) + 3, 0, self.size))  # noqa: E731
-        return slice(lo(v), hi(v)), slice(lo(u), hi(u))
+        half = self.size / 2
+
+        def pixels(a):
+            lo = int(np.clip(np.floor((a.min() / self.crop + 1) * half - 0.5) - 2, 0, self.size))
+            hi = int(np.clip(np.ceil((a.max() / self.crop + 1) * half - 0.5) + 3, 0, self.size))
+            return slice(lo, max(lo, hi))
+
+        return pixels(v), pixels(u)
 
     def xy(self, win):
         rows, cols = win
         return self.X[:, rows, cols], self.Y[:, rows, cols]
 
     def over(self, win, alpha, colour):
-        """Composite ``colour`` ((B, 1, 1, 3) or (B, h, w, 3)) over the canvas window with ``alpha`` (B, h, w)."""
-        view = self.canvas[:, win[0], win[1]]
-        view += alpha[..., None] * (colour - view)
+        """Composite ``colour`` ((3, B, 1, 1) or (3, B, h, w)) over the canvas window with ``alpha`` (B, h, w)."""
+        view = self.canvas[:, :, win[0], win[1]]
+        diff = colour - view
+        diff *= alpha
+        view += diff
+
+
+def _strands(x, y, phase):
+    """Hair texture: a gentle wavy stripe pattern so hair reads as hair, not a flat blob. (B, h, w)"""
+    return 1 + 0.07 * np.sin(x * 40 + phase + 2.5 * np.sin(y * 5))
 
 
 def _render_chunk(p: dict[str, np.ndarray], size: int, crop: float, bank: np.ndarray) -> np.ndarray:
-    """Render one chunk: parameters (B,)/(B, 3) -> images (B, size, size, 3) uint8."""
+    """Render one chunk: parameters (B,)/(B, 3) -> images (B, size, size, 3) uint8.
+
+    Layers, back to front: background, long hair (back), shoulders and neck, long hair (front of the
+    shoulders), ears, face, stubble, eyes and brows, wrinkles, nose, folds, mouth, front hair, camera.
+    Layers that no image of the chunk needs (e.g. long hair in an all-male chunk) are skipped.
+    """
     ch = _Chunk(p, size, crop)
     q, px = ch.q, ch.px
     full = (slice(None), slice(None))
-    X, Y = ch.X, ch.Y
     rx, ry, cy = q("rx"), q("ry"), F32(FACE_CY)
     skin, hair = q("skin"), q("hair_rgb")
-    female = q("female")
-    hair_end = q("hair_end")
+    female, phase = q("female"), q("strand_phase")
+    hair_end, vol = q("hair_end"), q("hair_vol")
+    # Per-image (B,) values for the windows.
+    prx, pry, pvol = p["rx"], p["ry"], p["hair_vol"]
+    any_female, any_male = p["female"].max() > 0, p["female"].min() < 1
+    any_old = p["old"].max() > 0
 
     # Background gradient in the image frame (not tilted with the head).
     d = p["bg_dir"][:, None, None]
     t = np.clip(0.5 + 0.5 * (np.cos(d) * ch.u + np.sin(d) * ch.v), 0, 1)  # (B, H, W)
-    ch.canvas[:] = q("bg0") + t[..., None] * (q("bg1") - q("bg0"))
-
-    # Hair strands: a gentle stripe texture so hair reads as hair, not a flat blob. (B, H, W, 1)
-    strands = (1 + 0.07 * np.sin(X * 40 + q("strand_phase") + 2.5 * np.sin(Y * 5)))[..., None]
+    ch.canvas[:] = q("bg0") + t * (q("bg1") - q("bg0"))
 
     # Long hair behind the head, reaching the shoulders (women only: alpha x female).
-    back = np.maximum(
-        _ellipse(X, Y, 0, cy - 0.04, rx * 1.22, ry + q("hair_vol") + 0.02, px),
-        _rbox(X, Y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px),
-    )
-    ch.over(full, back * female, hair * 0.8 * strands)
+    if any_female:
+        win = ch.window(-1.3 * prx, 1.3 * prx, FACE_CY - pry - pvol - 0.08, np.maximum(p["hair_end"], FACE_CY + pry + pvol))
+        x, y = ch.xy(win)
+        back = np.maximum(
+            _ellipse(x, y, 0, cy - 0.04, rx * 1.22, ry + vol + 0.02, px),
+            _rbox(x, y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px),
+        )
+        ch.over(win, back * female, hair * 0.8 * _strands(x, y, phase))
 
     # Shoulders (clothing) and neck.
-    win = ch.window(-1.3, 1.3, 0.3, 1.5)
+    neck_y = FACE_CY + p["ry"] * 0.9
+    win = ch.window(-1.3, 1.3, np.minimum(neck_y - 0.35, 0.73), 1.83)
     x, y = ch.xy(win)
     ch.over(win, _ellipse(x, y, 0, 1.28, 1.0, 0.55, px), q("cloth"))
     neck_hw = rx * (0.46 - 0.06 * female)
     ch.over(win, _rbox(x, y, 0, cy + ry * 0.9, neck_hw, 0.35, 0.05, px), skin * 0.82)
     # Long hair falls in front of the shoulders, either side of the neck.
-    front = _rbox(x, y, 0, (cy + q("hair_end")) / 2, rx * 1.28, (q("hair_end") - cy) / 2, 0.12, px)
-    front *= _cov((neck_hw + 0.04 - np.abs(x)) * px)
-    ch.over(win, front * female, hair * 0.92 * strands[:, win[0], win[1]])
+    if any_female:
+        win = ch.window(-1.3 * prx, 1.3 * prx, FACE_CY, p["hair_end"])
+        x, y = ch.xy(win)
+        front = _rbox(x, y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px)
+        front *= _cov((neck_hw + 0.04 - np.abs(x)) * px)
+        ch.over(win, front * female, hair * 0.92 * _strands(x, y, phase))
 
     # Ears (behind the face outline).
-    win = ch.window(-1.0, 1.0, p["eye_y"] - 0.2, p["eye_y"] + 0.3)
+    win = ch.window(-0.98 * prx - 0.08, 0.98 * prx + 0.08, p["eye_y"] - 0.05, p["eye_y"] + 0.19)
     x, y = ch.xy(win)
     ch.over(win, _ellipse(np.abs(x), y, rx * 0.98, q("eye_y") + 0.07, 0.07, 0.11, px), skin * 0.88)
 
-    # Face: an egg-shaped ellipse, narrowing towards the chin by the jaw taper.
-    fy = (Y - cy) / ry
+    # Face: an egg-shaped ellipse, narrowing towards the chin by the jaw taper, shaded as a rounded
+    # surface lit from a random direction.
+    face_win = ch.window(-prx, prx, FACE_CY - pry, FACE_CY + pry)
+    x, y = ch.xy(face_win)
+    fy = (y - cy) / ry
     w = rx * (1 - q("taper") * np.clip(fy, 0, 1) ** 2)
-    r = np.sqrt((X / w) ** 2 + fy**2)  # (B, H, W), 1 on the outline
+    r = np.sqrt((x / w) ** 2 + fy**2)  # (B, h, w), 1 on the outline
     face = _cov((r - 1) * rx * px)
-    shade = 1 - 0.22 * np.clip(r, 0, 1) ** 4 + q("light_x") * X / rx + q("light_y") * fy  # rounded, lit
-    ch.over(full, face, skin * shade[..., None])
+    shade = 1 - 0.22 * np.clip(r, 0, 1) ** 4 + q("light_x") * x / rx + q("light_y") * fy
+    ch.over(face_win, face, skin * shade)
 
     # Stubble: darker, hair-tinted jaw, chin and upper lip (adult men), fading in below the nose.
-    win = ch.window(-0.7, 0.7, p["nose_y"] - 0.05, FACE_CY + p["ry"] + 0.05)
-    x, y = ch.xy(win)
     ny = q("nose_y")
-    beard = np.clip((y - ny) / (q("mouth_y") - ny + 0.02), 0, 1) * face[:, win[0], win[1]]
-    beard *= 1 - 0.7 * _ellipse(x, y, 0, ny + 0.01, q("nose_w") * 1.4, 0.04, px)
-    ch.over(win, beard * q("stubble") * 0.45, skin * 0.45 + hair * 0.2)
+    if p["stubble"].max() > 0:
+        r0 = face_win[0].start
+        win = ch.window(-prx, prx, p["nose_y"] - 0.05, FACE_CY + pry)
+        win = (slice(max(win[0].start, r0), min(win[0].stop, face_win[0].stop)), face_win[1])
+        x, y = ch.xy(win)
+        beard = np.clip((y - ny) / (q("mouth_y") - ny + 0.02), 0, 1) * face[:, win[0].start - r0 : win[0].stop - r0]
+        beard *= 1 - 0.7 * _ellipse(x, y, 0, ny + 0.01, q("nose_w") * 1.4, 0.04, px)
+        ch.over(win, beard * (q("stubble") * 0.45), skin * 0.45 + hair * 0.2)
 
-    # Eyes (mirrored: |x| draws both at once).
+    # Eyes (mirrored: |x| draws both at once), lids, brows, and crow's feet / bags with age.
     ex, ey, er, eh = q("eye_dx"), q("eye_y"), q("er"), q("eye_h")
-    win = ch.window(-0.7, 0.7, p["brow_y"] - 0.06, p["eye_y"] + p["er"] + 0.08)
+    old = q("old")
+    reach = p["eye_dx"] + 1.4 * p["er"] + 0.07
+    win = ch.window(-reach, reach, p["brow_y"] - 0.08, p["eye_y"] + 1.5 * p["eye_h"] + 0.2 * p["er"] + 0.04)
     x, y = ch.xy(win)
     ax = np.abs(x)
-    # Under-eye bags with age.
-    bags = _band(y, ey + eh * 1.5 + 0.4 * (ax - ex) ** 2 / er, 0.007, px) * _span(ax, ex - er * 0.7, ex + er * 0.7, px)
-    ch.over(win, bags * q("old") * 0.6, skin * 0.7)
+    if any_old:
+        bags = _band(y, ey + eh * 1.5 + 0.4 * (ax - ex) ** 2 / er, 0.007, px)
+        bags *= _span(ax, ex - er * 0.7, ex + er * 0.7, px)
+        ch.over(win, bags * (old * 0.6), skin * 0.7)
     lid = _ellipse(ax, y, ex, ey, er * 1.12, eh * 1.3, px)  # eyelid/lash outline; eyeliner for women
-    ch.over(win, lid, skin * (0.55 - 0.4 * female[..., None]) + 0.05)
+    ch.over(win, lid, skin * (0.55 - 0.4 * female) + 0.05)
     white = _ellipse(ax, y, ex, ey, er, eh, px)
     ch.over(win, white, EYE_WHITE)
     ix = ex + q("gaze") * er * np.sign(x)  # gaze moves both irises the same way
     iris = _ellipse(ax, y, ix, ey, er * 0.55, er * 0.55, px) * white
     ch.over(win, iris, q("eye_rgb"))
-    ch.over(win, _ellipse(ax, y, ix, ey, er * 0.24, er * 0.24, px) * white, np.zeros(3, F32) + 0.03)
-    # Eyebrows: an arched stroke above each eye, thick for men.
+    ch.over(win, _ellipse(ax, y, ix, ey, er * 0.24, er * 0.24, px) * white, PUPIL)
     by = q("brow_y") - q("brow_arch") * (1 - ((ax - ex) / (er * 1.4)) ** 2)
     brow = _band(y, by, q("brow_t"), px) * _span(ax, ex - er * 1.3, ex + er * 1.4, px)
     ch.over(win, brow, q("brow_rgb"))
-    # Crow's feet at the outer corners and forehead lines with age.
-    old = q("old")
-    cx0 = ex + er * 1.25
-    feet = np.maximum.reduce(
-        [_segment(ax, y, cx0, ey + dy * 0.4, cx0 + 0.05, ey + dy, 0.005, px) for dy in (-0.03, 0.0, 0.03)]
-    )
-    ch.over(win, feet * np.clip(old * 1.6, 0, 1) * 0.55, skin * 0.55)
+    if any_old:
+        cx0 = ex + er * 1.25
+        feet = np.maximum.reduce(
+            [_segment(ax, y, cx0, ey + dy * 0.4, cx0 + 0.05, ey + dy, 0.005, px) for dy in (-0.03, 0.0, 0.03)]
+        )
+        ch.over(win, feet * (np.clip(old * 1.6, 0, 1) * 0.55), skin * 0.55)
 
-    win = ch.window(-0.5, 0.5, FACE_CY - p["ry"] * 0.7, p["brow_y"])
-    x, y = ch.xy(win)
-    lines = np.zeros_like(x)
-    for k, h in enumerate((0.36, 0.45, 0.54)):
-        yk = cy - ry * h + 0.12 * (x / rx) ** 2
-        lk = _band(y, yk, 0.0055, px) * _span(np.abs(x), -1, rx * 0.5, px)
-        lines = np.maximum(lines, lk * np.clip(old * 3 - k * 0.8, 0, 1))
-    ch.over(win, lines * 0.6, skin * 0.55)
+        # Forehead lines: up to three, appearing one after another with age.
+        win = ch.window(-0.5 * prx, 0.5 * prx, FACE_CY - 0.55 * pry - 0.01, FACE_CY - 0.36 * pry + 0.04)
+        x, y = ch.xy(win)
+        lines = np.zeros_like(x)
+        for k, h in enumerate((0.36, 0.45, 0.54)):
+            yk = cy - ry * h + 0.12 * (x / rx) ** 2
+            lk = _band(y, yk, 0.0055, px) * _span(np.abs(x), -1, rx * 0.5, px)
+            lines = np.maximum(lines, lk * np.clip(old * 3 - k * 0.8, 0, 1))
+        ch.over(win, lines * 0.6, skin * 0.55)
 
-    # Nose: a shadow along one side, the tip and nostrils.
-    nw, ny = q("nose_w"), q("nose_y")
-    win = ch.window(-0.25, 0.25, p["eye_y"], p["nose_y"] + 0.05)
+    # Nose: a shadow along one side, the tip and the nostrils.
+    nw = q("nose_w")
+    reach = p["nose_w"] + 0.03
+    win = ch.window(-reach, reach, p["eye_y"] + 0.05, p["nose_y"] + 0.9 * p["nose_w"] + 0.02)
     x, y = ch.xy(win)
     side = _segment(x, y, nw * 0.25, ey + 0.06, nw * 0.55, ny - 0.03, 0.008, px)
     ch.over(win, side * 0.35, skin * 0.6)
@@ -434,75 +476,93 @@ def _render_chunk(p: dict[str, np.ndarray], size: int, crop: float, bank: np.nda
 
     # Nasolabial folds: age, and smiling deepens them.
     my, mw = q("mouth_y"), q("mouth_w")
-    win = ch.window(-0.4, 0.4, p["nose_y"] - 0.04, p["mouth_y"] + 0.08)
+    reach = 1.2 * p["mouth_w"] + 0.02
+    win = ch.window(-reach, reach, p["nose_y"] - 0.04, p["mouth_y"] + 0.07)
     x, y = ch.xy(win)
     fold = _segment(np.abs(x), y, nw * 1.1, ny - 0.02, mw * 1.2, my + 0.05, 0.006, px)
-    ch.over(win, fold * np.clip(old * 1.2 + 0.35 * q("smile"), 0, 1) * 0.5, skin * 0.6)
+    ch.over(win, fold * (np.clip(old * 1.2 + 0.35 * q("smile"), 0, 1) * 0.5), skin * 0.6)
 
     # Mouth. t in [-1, 1] across; the mouth line rises at the corners by ``mouth_lift`` (a smile) and
     # opens by ``mouth_open`` in the middle to show teeth.
+    reach = 1.05 * p["mouth_w"] + 0.01
+    win = ch.window(-reach, reach, p["mouth_y"] - 0.09, p["mouth_y"] + 0.1)
+    x, y = ch.xy(win)
     t = x / mw
     t2 = np.minimum(t * t, 1)
     yu = my - q("mouth_lift") * t2  # mouth line / top of the opening (B, h, w)
     yl = yu + q("mouth_open") * (1 - t2)
-    inside = _span(np.abs(t) * mw, -1, mw, px)
+    inside = _span(x, -mw, mw, px)
     lt = q("lip_t") * (1 - 0.6 * t2)
-    lips = _span(y, yu - lt * 0.9, yl + lt * 1.2, px) * _span(np.abs(t) * mw, -1, mw * 1.04, px)
+    lips = _span(y, yu - lt * 0.9, yl + lt * 1.2, px) * _span(x, -mw * 1.04, mw * 1.04, px)
     ch.over(win, lips, q("lip_rgb"))
-    opening = _span(y, yu, yl, px) * inside
-    ch.over(win, opening, TEETH * 0.9)
+    if p["smile"].max() > 0:
+        opening = _span(y, yu, yl, px) * inside
+        ch.over(win, opening, TEETH * 0.9)
+        lower = _band(y, yl, 0.005, px) * inside * (q("smile") > 0)
+        ch.over(win, lower * 0.7, q("lip_rgb") * 0.4)
     edge = _band(y, yu, 0.005, px) * inside  # dark line between the lips / above the teeth
     ch.over(win, edge * 0.8, q("lip_rgb") * 0.35)
-    lower = _band(y, yl, 0.005, px) * inside * (q("smile") > 0)
-    ch.over(win, lower * 0.7, q("lip_rgb") * 0.4)
 
     # Front hair: a cap over the top of the head above the hairline, with sideburns (men) or hair
-    # framing both sides of the face down to the hair's end (women).
-    vol = q("hair_vol")
-    win = ch.window(-1.0, 1.0, FACE_CY - p["ry"] - 0.2, np.maximum(p["hair_end"], p["eye_y"] + 0.2))
+    # framing both sides of the face down to the hair's end (women); older men's hairline recedes and
+    # their crown thins.
+    bottom = np.where(p["female"] > 0, p["hair_end"], np.maximum(FACE_CY, p["eye_y"] + 0.05))
+    win = ch.window(-1.3 * prx, 1.3 * prx, FACE_CY - pry - pvol - 0.04, bottom)
     x, y = ch.xy(win)
     cap = _ellipse(x, y, 0, cy - 0.02, rx * 1.06 + vol * 0.5, ry + vol, px)
     line = cy - ry * (q("hairline") + 0.35 * q("recede")) + 0.25 * (x / rx) ** 2 * ry
     cap *= _cov((y - line) * px)
-    # Receding / balding crown for older men.
-    cap *= 1 - np.clip(q("recede") * 1.6, 0, 1) * _ellipse(x, y, 0, cy - ry * 0.8, rx * 0.62, ry * 0.4, px)
-    sideburn = _span(np.abs(x), rx * 0.86, rx * 1.0, px) * _span(y, cy - ry, q("eye_y") + 0.02, px) * (1 - female)
-    frame = (
-        _span(np.abs(x), rx * 0.78, rx * 1.3, px)
-        * _span(y, cy - ry, hair_end, px)
-        * _cov((np.abs(x) - rx * 1.28) * px)
-        * female
-    )
-    front = np.maximum(np.maximum(cap, sideburn), frame)
-    front *= _ellipse(x, y, 0, cy, rx * 1.3, ry + vol + 0.05, px) + frame * (y > cy)
-    ch.over(win, np.minimum(front, 1), hair * strands[:, win[0], win[1]])
+    if p["recede"].max() > 0:
+        cap *= 1 - np.clip(q("recede") * 1.6, 0, 1) * _ellipse(x, y, 0, cy - ry * 0.8, rx * 0.62, ry * 0.4, px)
+    if any_male:
+        sideburn = _span(np.abs(x), rx * 0.86, rx * 1.0, px) * _span(y, cy - ry, q("eye_y") + 0.02, px)
+        cap = np.maximum(cap, sideburn * (1 - female))
+    cap *= _ellipse(x, y, 0, cy, rx * 1.3, ry + vol + 0.05, px)
+    if any_female:
+        frame = _span(np.abs(x), rx * 0.78, rx * 1.28, px) * _span(y, cy - ry, hair_end, px) * female
+        cap = np.maximum(cap, frame * np.maximum(_ellipse(x, y, 0, cy, rx * 1.3, ry + vol + 0.05, px), y > cy))
+    ch.over(win, cap, hair * _strands(x, y, phase))
 
     # Camera: brightness and colour cast, then sensor noise, then quantise.
     out = ch.canvas
     out *= q("gain")
-    out += q("noise") [..., None] * bank[p["noise_idx"]]
-    return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+    noise = bank[:, p["noise_idx"]]  # (3, B, H, W)
+    noise *= q("noise")
+    out += noise
+    out *= 255
+    out += 0.5
+    return np.clip(out, 0, 255, out=out).astype(np.uint8).transpose(1, 2, 3, 0)  # (B, H, W, 3)
 
 
 def _noise_bank(seed: int, size: int) -> np.ndarray:
+    """NOISE_BANK noise textures (3, K, size, size) float32 (planar, like the canvas), fixed by the seed and size."""
     rng = np.random.default_rng([seed, size, 7])
-    return rng.standard_normal((NOISE_BANK, size, size, 3), dtype=F32)
+    return rng.standard_normal((3, NOISE_BANK, size, size), dtype=F32)
 
 
-def render(params: dict[str, np.ndarray], size: int, crop: float = 1.0, seed: int = 0, threads: int | None = None) -> np.ndarray:
-    """Render per-image parameters (n,)/(n, 3) -> images (n, size, size, 3) uint8, in chunks, on threads
-    (numpy releases the GIL in its array loops). The result does not depend on the chunking."""
+def render(
+    params: dict[str, np.ndarray], size: int, crop: float = 1.0, seed: int = 0, chunk: int = CHUNK, threads: int | None = None
+) -> np.ndarray:
+    """Render per-image parameters (n,)/(n, 3) -> images (n, size, size, 3) uint8.
+
+    Images are rendered in chunks on threads (numpy releases the GIL in its array loops). Each image is
+    a pure function of its own parameters, so the result does not depend on ``chunk`` or ``threads``;
+    the render *order* groups similar images (gender, age, eye height) into chunks so their feature
+    windows are tight and unneeded layers are skipped.
+    """
     n = len(params["rx"])
     out = np.empty((n, size, size, 3), np.uint8)
     bank = _noise_bank(seed, size)
-    starts = range(0, n, CHUNK)
+    eye_row = params["dv"] + params["eye_y"] * params["scale"]
+    order = np.lexsort((eye_row, params["old"] > 0, params["female"]))
+    starts = range(0, n, chunk)
 
     def work(a):
-        b = min(a + CHUNK, n)
-        out[a:b] = _render_chunk({k: v[a:b] for k, v in params.items()}, size, crop, bank)
+        idx = order[a : a + chunk]
+        out[idx] = _render_chunk({k: v[idx] for k, v in params.items()}, size, crop, bank)
 
     threads = threads or min(4, os.cpu_count() or 1)
-    if threads <= 1 or n <= CHUNK:
+    if threads <= 1 or n <= chunk:
         for a in starts:
             work(a)
     else:

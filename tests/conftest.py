@@ -1,0 +1,38 @@
+"""Shared fixtures: small synthetic data and one tiny trained model, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never write into the user's real cache from tests."""
+    monkeypatch.setenv("CONCEAL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_small():
+    """600 synthetic faces at 32x32 (FaceArrays)."""
+    from conceal.data.synthetic import SyntheticFaces
+
+    return SyntheticFaces(n=600, seed=1, size=32).arrays()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A concealer trained for one short epoch on synthetic faces through the CLI (a run directory)."""
+    from conceal.cli import main
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    rc = main([
+        "train", "concealer", "--dataset", "synthetic", "--set", "data.synthetic_n=400", "--size", "32",
+        "--epochs", "1", "--batch-size", "32", "--latent", "8", "--set", "model.width=8",
+        "--set", "model.critic_weight=1", "--set", "model.classifier_weight=1", "-o", str(run), "--no-progress",
+    ])
+    assert rc == 0
+    return run

@@ -1,0 +1,122 @@
+"""End-to-end CLI: data info, train errors, apply, encode, demo — on images the tests generate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conceal.cli import main
+
+
+@pytest.fixture
+def photo_folder(tmp_path, synthetic_small):
+    """Four 80x80 JPEG faces (one with EXIF and GPS), one corrupt file and one text file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        img = Image.fromarray(synthetic_small.images[i]).resize((80, 80))
+        exif = Image.Exif()
+        exif[0x010F] = "SecretCam"  # Make
+        gps = exif.get_ifd(0x8825)  # GPSInfo: a latitude
+        gps[1], gps[2] = "N", (52.0, 31.0, 0.0)
+        img.save(folder / f"face{i}.jpg", exif=exif.tobytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("data", "train", "apply", "encode", "audit", "demo"):
+        assert command in out
+
+
+def test_data_info_json_on_synthetic(capsys):
+    assert main(["data", "info", "--dataset", "synthetic", "--n", "200", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_images"] == 200 and info["n_skipped"] == 0
+    assert sum(info["splits"].values()) == 200
+    assert {"age", "gender", "race"} <= set(info["labels"])
+
+
+def test_bad_config_key_is_one_line_error(tmp_path, capsys):
+    rc = main(["train", "concealer", "--set", "model.latnt=4", "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "model.latnt" in err
+
+
+def test_missing_root_is_one_line_error(tmp_path, capsys):
+    rc = main(["data", "info", "--dataset", "utkface", "--root", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def test_apply_writes_clean_outputs_and_counts_skips(tiny_model_dir, photo_folder, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in photo_folder.iterdir()}
+    out = tmp_path / "out"
+    rc = main(["apply", str(tiny_model_dir), str(photo_folder), "--as", "gender=female,age=40", "-o", str(out), "--quiet"])
+    summary = capsys.readouterr().out.strip()
+    assert rc == 0
+    assert "wrote 4 images" in summary and "2 skipped" in summary
+    outputs = sorted(out.iterdir())
+    assert [p.name for p in outputs] == [f"face{i}.png" for i in range(4)]
+    for p in outputs:
+        with Image.open(p) as img:
+            assert img.size == (32, 32)
+            assert not img.getexif() and not img.info.get("exif") and "GPS" not in str(img.info)
+    assert {p.name: p.read_bytes() for p in photo_folder.iterdir()} == before  # inputs untouched
+
+
+def test_apply_upscale_returns_the_input_crop_size(tiny_model_dir, photo_folder, tmp_path):
+    out = tmp_path / "up"
+    assert main(["apply", str(tiny_model_dir), str(photo_folder / "face0.jpg"), "-o", str(out), "--upscale", "--quiet"]) == 0
+    with Image.open(out / "face0.png") as img:
+        assert img.size == (80, 80)
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [("age=200", "age must be in 0..116"), ("race=martian", "race must be one of white, black, asian, indian, other"),
+     ("mood=happy", "unknown attribute 'mood'"), ("gender", "name=value")],
+)
+def test_apply_rejects_bad_attributes_in_one_line(tiny_model_dir, photo_folder, tmp_path, capsys, attrs, message):
+    rc = main(["apply", str(tiny_model_dir), str(photo_folder), "--as", attrs, "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_apply_with_no_readable_image_fails_clearly(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    rc = main(["apply", str(tiny_model_dir), str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc in (1, 2) or "skipped" in err
+
+
+def test_unknown_model_path_is_one_line_error(tmp_path, photo_folder, capsys):
+    rc = main(["apply", str(tmp_path / "nomodel"), str(photo_folder), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "no model found" in err
+
+
+def test_encode_writes_codes_and_paths(tiny_model_dir, photo_folder, tmp_path):
+    out = tmp_path / "codes.npz"
+    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(out)]) == 0
+    data = np.load(out)
+    assert data["codes"].shape == (4, 8) and data["codes"].dtype == np.float32
+    assert [p.split("/")[-1] for p in data["paths"]] == [f"face{i}.jpg" for i in range(4)]
+    assert np.isfinite(data["codes"]).all()
+
+
+def test_demo_writes_a_grid(tiny_model_dir, tmp_path, capsys):
+    assert main(["demo", "--model", str(tiny_model_dir), "-o", str(tmp_path)]) == 0
+    path = tmp_path / "demo_grid.png"
+    assert path.is_file() and str(path) in capsys.readouterr().out
+    with Image.open(path) as img:
+        assert img.size[0] > img.size[1] > 100
