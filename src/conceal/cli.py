@@ -118,11 +118,14 @@ def _output_names(files: list[Path]) -> dict[Path, str]:
 def cmd_apply(args) -> int:
     from tqdm import tqdm
 
-    from .methods import Concealer
+    from .methods import load_api
 
-    model = Concealer.load(args.model)
-    attributes = _parse_attributes(args.as_)
-    model.attribute_tensors(attributes, 1)  # check the attributes before touching any file
+    model = load_api(args.model)
+    options = {"as_": _parse_attributes(args.as_)} if args.as_ is not None else {}
+    try:
+        model.check_options(**options)  # bad attributes fail before any file is touched
+    except TypeError:
+        raise ConfigError(f"--as is not an option of a {model.method.name} model") from None
     files, skipped = iter_image_files(args.inputs)
     if not files:
         raise DataError("no image files among the inputs" + _skip_summary(skipped))
@@ -131,7 +134,7 @@ def cmd_apply(args) -> int:
     names, written = _output_names(files), 0
     with tqdm(total=len(files), unit="img", disable=args.quiet or not sys.stderr.isatty()) as bar:
         for paths, shapes, images in _iter_batches(files, model.image_size, args.crop, skipped):
-            released = model.conceal(images, as_=attributes)
+            released = model.apply(images, **options)
             for path, (h, w), img in zip(paths, shapes, released):
                 if args.upscale:
                     from PIL import Image
@@ -146,9 +149,11 @@ def cmd_apply(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from .methods import Concealer
+    from .methods import load_api
 
-    model = Concealer.load(args.model)
+    model = load_api(args.model)
+    if "codes" not in model.method.releases:
+        raise ConfigError(f"a {model.method.name} model releases images, not codes: use conceal apply")
     files, skipped = iter_image_files(args.inputs)
     codes, paths = [], []
     for batch_paths, _, images in _iter_batches(files, model.image_size, args.crop, skipped):

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from ..data.schema import LabelSchema
-from .base import Method
+from .base import Method, ModelAPI
 from .concealer import ConcealerConfig, Concealer, ConcealVAE
 
 METHODS: dict[str, type[Method]] = {
     ConcealVAE.name: ConcealVAE,
 }
+
+
+# name -> user-facing API class (numpy in, numpy out) used by `conceal apply/encode/audit/demo`
+APIS: dict[str, type[ModelAPI]] = {
+    ConcealVAE.name: Concealer,
+}
+
+
+def load_api(path, device: str = "cpu") -> ModelAPI:
+    """Open any trained model (models/NAME or a run directory) through its method's API class."""
+    from ..train.checkpoint import read_model_info
+
+    name = read_model_info(path)["method"]
+    return APIS[name].load(path, device=device)
 
 
 def method_class(name: str) -> type[Method]:
@@ -23,4 +37,4 @@ def build_method(name: str, cfg, schema: LabelSchema, image_size: int) -> Method
     return method_class(name)(cfg, schema, image_size)
 
 
-__all__ = ["METHODS", "Method", "ConcealVAE", "ConcealerConfig", "Concealer", "build_method", "method_class"]
+__all__ = ["APIS", "METHODS", "Method", "ModelAPI", "load_api", "ConcealVAE", "ConcealerConfig", "Concealer", "build_method", "method_class"]

@@ -47,6 +47,52 @@ class Method(nn.Module):
         return next(self.parameters()).device
 
 
+class ModelAPI:
+    """User-facing wrapper of a trained method: numpy uint8 images in, numpy out, batched, no grads.
+
+    Subclasses implement what their method releases: ``encode`` (codes, "codes" in ``releases``) and/or
+    ``apply`` (released images). ``conceal apply`` / ``conceal encode`` call these for any method.
+    """
+
+    method_class: type[Method]
+
+    def __init__(self, method: Method, batch_size: int = 256):
+        self.method = method.eval()
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path, device: str = "cpu"):
+        from ..train.checkpoint import load_model
+
+        method = load_model(path, device=device)
+        if not isinstance(method, cls.method_class):
+            raise TypeError(f"{path} holds a {method.name} model, not a {cls.method_class.name}")
+        return cls(method)
+
+    @property
+    def image_size(self) -> int:
+        return self.method.image_size
+
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        """Accept (N, S, S, 3) or one (S, S, 3) uint8 image at the model's size S."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 of shape (N, {s}, {s}, 3), not {images.dtype} {images.shape}")
+        return images
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{self.method.name} releases no codes")
+
+    def apply(self, images: np.ndarray, **options) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_options(self, **options) -> None:
+        """Validate ``apply`` options before any file is read (raise LabelError/ValueError, one line)."""
+
+
 def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)

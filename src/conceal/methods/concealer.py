@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import LabelSchema
-from .base import Batch, Method, to_tensor_images, to_uint8_images
+from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
 from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, reverse_gradient
 
 N_DOWN = 4  # 64 -> 4x4 feature maps; image size must be a multiple of 16
@@ -184,7 +184,7 @@ class ConcealVAE(Method):
         return logs
 
 
-class Concealer:
+class Concealer(ModelAPI):
     """The user-facing API of a trained concealer.
 
     >>> model = Concealer.load("models/concealer-utkface-64")
@@ -195,41 +195,21 @@ class Concealer:
     Images are (N, H, W, 3) uint8 at the model's size (``image_size``), or one (H, W, 3) image.
     """
 
-    def __init__(self, vae: ConcealVAE, batch_size: int = 256):
-        self.vae = vae.eval()
-        self.batch_size = batch_size
+    method_class = ConcealVAE
 
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Concealer":
-        from ..train.checkpoint import load_model
-
-        vae = load_model(path, device=device)
-        if not isinstance(vae, ConcealVAE):
-            raise TypeError(f"{path} holds a {vae.name} model, not a concealer")
-        return cls(vae)
+    @property
+    def vae(self) -> ConcealVAE:
+        return self.method  # type: ignore[return-value]
 
     @property
     def schema(self) -> LabelSchema:
         """The attributes this model renders (a subset of the training data's labels)."""
         return self.vae.concealed
 
-    @property
-    def image_size(self) -> int:
-        return self.vae.image_size
-
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 of shape (N, {s}, {s}, 3), not {images.dtype} {images.shape}")
-        return images
-
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> concealed codes μ (N, latent) float32; deterministic."""
-        images = self._check_images(images)
+        images = self.check_images(images)
         out = [
             self.vae.encode(to_tensor_images(images[i : i + self.batch_size], self.vae.device))[0].cpu().numpy()
             for i in range(0, len(images), self.batch_size)
@@ -271,3 +251,9 @@ class Concealer:
     def conceal(self, images: np.ndarray, as_: dict[str, Any]) -> np.ndarray:
         """Re-render faces with the chosen attributes: decode(encode(images), as_)."""
         return self.decode(self.encode(images), as_)
+
+    def apply(self, images: np.ndarray, as_: dict[str, Any] | None = None) -> np.ndarray:
+        return self.conceal(images, as_ or {})
+
+    def check_options(self, as_: dict[str, Any] | None = None) -> None:
+        self.attribute_tensors(as_ or {}, 1)
