@@ -95,7 +95,8 @@ class ModelAPI:
 
 def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    # np.array copies: the cache hands out read-only memmaps, which torch refuses to wrap safely.
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
