@@ -90,3 +90,16 @@ def test_wrong_image_shape_is_a_clear_error(trained_concealer):
     model, _ = trained_concealer
     with pytest.raises(ValueError, match=r"images must be uint8 of shape \(N, 32, 32, 3\)"):
         model.encode(np.zeros((2, 64, 64, 3), np.uint8))
+
+
+def test_independence_penalty_sees_label_dependence():
+    from conceal.data.schema import UTKFACE_SCHEMA
+    from conceal.methods.blocks import independence_mmd
+
+    g = torch.Generator().manual_seed(0)
+    labels = {"age": torch.rand(128, generator=g) * 80, "gender": (torch.rand(128, generator=g) > 0.5).float(),
+              "race": torch.randint(0, 5, (128,), generator=g).float()}
+    noise = torch.randn(128, 8, generator=g)
+    leaky = noise + 3 * labels["gender"].unsqueeze(1)  # gender shifts every dimension
+    independent, dependent = independence_mmd(noise, labels, UTKFACE_SCHEMA), independence_mmd(leaky, labels, UTKFACE_SCHEMA)
+    assert dependent > 5 * independent

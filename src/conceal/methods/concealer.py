@@ -11,6 +11,8 @@ labels it is given (see the concealer issue). Two optional levers, both off in t
 - ``classifier_weight``: an attribute classifier trained on real faces must recognise the requested
   attributes in decode(z, target) for shuffled targets (as AttGAN/StarGAN do), which forces the
   decoder to honour every label, age included.
+- ``independence_weight``: an MMD penalty between the codes of label groups (Variational Fair
+  Autoencoder); non-adversarial, so it cannot be fooled the way a critic can.
 And ``attr_dropout``: each label is replaced by a learned "unspecified" value with this probability,
 so a face can be rendered without committing to, say, a gender.
 """
@@ -28,7 +30,7 @@ from torch import nn
 
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
-from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, reverse_gradient
+from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, reverse_gradient
 
 N_DOWN = 4  # 64 -> 4x4 feature maps; image size must be a multiple of 16
 
@@ -42,6 +44,7 @@ class ConcealerConfig:
     attr_dropout: float = 0.1  # probability of training a label as "unspecified"
     critic_weight: float = 0.0  # λ of the latent critic; 0 = the paper's method
     classifier_weight: float = 0.0  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
+    independence_weight: float = 0.0  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
 
 
 class ImageAttributeClassifier(nn.Module):
@@ -134,6 +137,11 @@ class ConcealVAE(Method):
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
         loss = recon + self.cfg.kl_weight * kl
         logs.update(recon=recon.item(), kl=kl.item())
+
+        if self.cfg.independence_weight > 0:
+            mmd = independence_mmd(mu, y, self.concealed)
+            loss = loss + self.cfg.independence_weight * mmd
+            logs["mmd"] = mmd.item()
 
         if self.critic is not None:
             # The critic minimises its loss; the reversed gradient makes the encoder maximise it, times λ.

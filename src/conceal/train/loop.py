@@ -22,7 +22,7 @@ from ..data import FaceArrays
 from ..methods.base import Batch, Method, to_tensor_images
 from .checkpoint import load_train_state, save_checkpoint
 
-SHOWN = ("loss", "recon", "kl", "critic", "cls_decoded")  # loss terms on the progress bar
+SHOWN = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")  # loss terms on the progress bar
 
 
 def resolve_device(name: str) -> torch.device:
