@@ -93,7 +93,7 @@ def test_wrong_image_shape_is_a_clear_error(trained_concealer):
 
 
 def test_independence_penalty_sees_label_dependence():
-    from conceal.data.schema import UTKFACE_SCHEMA
+    from conceal.data.schema import GENDER, UTKFACE_SCHEMA, LabelSchema
     from conceal.methods.blocks import independence_mmd
 
     g = torch.Generator().manual_seed(0)
@@ -101,5 +101,8 @@ def test_independence_penalty_sees_label_dependence():
               "race": torch.randint(0, 5, (128,), generator=g).float()}
     noise = torch.randn(128, 8, generator=g)
     leaky = noise + 3 * labels["gender"].unsqueeze(1)  # gender shifts every dimension
-    independent, dependent = independence_mmd(noise, labels, UTKFACE_SCHEMA), independence_mmd(leaky, labels, UTKFACE_SCHEMA)
+    gender_only = LabelSchema((GENDER,))
+    independent, dependent = independence_mmd(noise, labels, gender_only), independence_mmd(leaky, labels, gender_only)
     assert dependent > 5 * independent
+    # Over all three labels the (biased) estimate has a floor from small groups, but dependence still shows.
+    assert independence_mmd(leaky, labels, UTKFACE_SCHEMA) > independence_mmd(noise, labels, UTKFACE_SCHEMA) + 0.5
