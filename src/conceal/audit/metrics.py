@@ -7,7 +7,6 @@ on the data it is given (an AUC with one class present) is NaN, never a guess.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -126,7 +125,3 @@ def quartiles(values) -> dict[str, float]:
         return {"mean": NAN, "q25": NAN, "median": NAN, "q75": NAN, "n": 0}
     q25, median, q75 = np.percentile(v, [25, 50, 75])
     return {"mean": float(v.mean()), "q25": float(q25), "median": float(median), "q75": float(q75), "n": int(len(v))}
-
-
-def is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,474 @@
+"""Audit of a concealer (``conceal.methods.concealer``): what its codes and its released images still reveal.
+
+Sections (each a dict of plain numbers, written by ``report.write_report``):
+
+a. ``code_leakage``: fresh vector attackers on the concealed codes μ, for every label of the test data
+   (concealed ones must fall to chance; kept ones, such as smile, may stay readable), beside the
+   "Original" reference: the same attackers on raw pixels reduced by PCA to the code size.
+b. ``image_leakage``: every test face released with one fixed target (e.g. female, 40, white); a fresh CNN
+   and the pixel-PCA vector attackers try to read the true attributes back, beside the same attackers on
+   the raw test images.
+c. ``rendering``: faces decoded as female and male at ages 1..80 (other concealed labels: the face's own),
+   read by the independent age/gender judge: does the release show what was asked for?
+d. ``reconstruction``: decode with the true labels; PSNR, SSIM, and identity similarity by the
+   independent face-embedding judge.
+e. ``judge_calibration``: the age/gender judge's own error on the raw test faces, so every judged number
+   can be read against it.
+f. ``figures``: an image grid and a leakage bar chart.
+
+The judges are optional: when one is unavailable its sections say why, and the attackers still run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data import FaceArrays
+from ..data.schema import LabelError, LabelSchema
+from ..methods import Concealer
+from ..methods.base import to_uint8_images
+from .attackers import CNN_MAX_EPOCHS, CNN_MIN_STEPS, DEFAULT_CNN_EPOCHS, audit_images, audit_vectors, combine, pixel_baseline, single_threaded
+from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim
+
+TARGET_AGES = (1, 20, 40, 60, 80)
+PREFERRED_TARGET = {"gender": "female", "age": 40, "race": "white"}  # the fixed release of section b
+GRID_FACES = 6
+GRID_AGES = (20, 40, 60)
+# Hanukoglu et al. 2020 ("Learning to Conceal"), latent size 48: age error of their re-rendered faces, as
+# judged by their own age estimator (not ours), so a reference point rather than a like-for-like comparison.
+PAPER_REFERENCE = {
+    "source": "Hanukoglu et al., AAAI 2020, Table 1, latent 48",
+    "avg_age_rmse": 15.06,
+    "avg_age_mae": 13.52,
+    "note": "judged by the paper's own age estimator on its own target ages; not directly comparable",
+}
+JUDGE_NAMES = ("age_gender", "face_embedding")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def label_rows(schema: LabelSchema, n: int, request: dict[str, Any], own: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-row decoder labels: requested values for the labels in ``request`` ("unspecified" -> NaN), the
+    face's own stored label (``own``, NaN = unknown, rendered as unspecified) for the rest. name -> (n,)."""
+    rows = {}
+    for label in schema:
+        if label.name not in request:
+            rows[label.name] = np.asarray(own[label.name], np.float32)
+            continue
+        value = request[label.name]
+        unspecified = isinstance(value, str) and value.strip().lower() == "unspecified"
+        rows[label.name] = np.full(n, np.nan if unspecified else label.parse(value), np.float32)
+    return rows
+
+
+def render(model: Concealer, codes: np.ndarray, rows: dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """codes (N, d) + per-row labels (name -> (N,), NaN = unspecified) -> (N, H, W, 3) uint8.
+
+    ``Concealer.decode`` takes one value per label for the whole batch; the audit needs per-row values
+    (each face's own race, its own labels for a reconstruction), so it calls the VAE's decode directly.
+    """
+    vae = model.vae
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(codes), batch_size):
+            z = torch.from_numpy(np.ascontiguousarray(codes[i : i + batch_size], np.float32)).to(vae.device)
+            labels = {name: torch.from_numpy(rows[name][i : i + batch_size]).to(vae.device) for name in model.schema.names}
+            out.append(to_uint8_images(vae.decode(z, labels)))
+    s = model.image_size
+    return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
+
+
+def fixed_target(schema: LabelSchema) -> dict[str, Any]:
+    """One target for every face (section b): female / 40 / white where the schema has them, otherwise
+    the first class of a label or the middle of its range."""
+    target: dict[str, Any] = {}
+    for label in schema:
+        try:
+            label.parse(PREFERRED_TARGET[label.name])
+            target[label.name] = PREFERRED_TARGET[label.name]
+        except (KeyError, LabelError):
+            target[label.name] = label.classes[0] if label.classes else float(np.mean(label.range))
+    return target
+
+
+def sample_rows(n: int, k: int | None, seed: int, purpose: int) -> np.ndarray:
+    """A seeded, sorted sample of at most ``k`` of ``n`` rows; ``purpose`` keeps the samples independent."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, purpose]).choice(n, size=k, replace=False))
+
+
+def _gender_axis(schema: LabelSchema) -> tuple[int, int] | None:
+    """(female index, male index) when the schema has a binary male/female gender and an age to render."""
+    if "gender" not in schema or "age" not in schema or schema["age"].kind != "continuous":
+        return None
+    classes = [c.lower() for c in schema["gender"].classes]
+    if schema["gender"].kind != "binary" or set(classes) != {"female", "male"}:
+        return None
+    return classes.index("female"), classes.index("male")
+
+
+# --------------------------------------------------------------------------------------------------
+# Judges
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_judges(judges: str | dict = "auto") -> tuple[dict[str, Any], dict[str, str | None]]:
+    """-> (judge objects or None, reason each is missing or None). ``judges``: "auto" (use what is
+    installed), "off", or a dict of ready judge objects (name -> object or None)."""
+    if isinstance(judges, dict):
+        objects = {name: judges.get(name) for name in JUDGE_NAMES}
+        return objects, {name: None if obj is not None else "not provided" for name, obj in objects.items()}
+    if judges == "off":
+        return dict.fromkeys(JUDGE_NAMES), dict.fromkeys(JUDGE_NAMES, "judges turned off for this audit")
+    if judges != "auto":
+        raise ValueError(f"judges must be 'auto', 'off' or a dict of judge objects, not {judges!r}")
+    try:
+        from . import judges as judge_module
+    except Exception as error:  # a broken optional extra must not stop the attackers
+        return dict.fromkeys(JUDGE_NAMES), dict.fromkeys(JUDGE_NAMES, f"judges module failed to import: {error}")
+    status = dict(judge_module.judges_available())
+    builders = {"age_gender": judge_module.AgeGenderJudge, "face_embedding": judge_module.FaceEmbeddingJudge}
+    objects: dict[str, Any] = {}
+    for name in JUDGE_NAMES:
+        objects[name] = None
+        if status.get(name) is None:
+            try:
+                objects[name] = builders[name]()
+            except judge_module.JudgeUnavailable as error:
+                status[name] = str(error)
+    return objects, {name: status.get(name) for name in JUDGE_NAMES}
+
+
+def _judge_name(judge) -> str:
+    return f"{getattr(judge, 'name', type(judge).__name__)} {judge!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+def _code_leakage(codes, test: FaceArrays, concealed: LabelSchema, seeds, groups) -> dict:
+    labels = {name: test.labels[name] for name in test.schema.names}
+    by_codes = audit_vectors(codes, labels, test.schema, seeds=seeds, groups=groups)
+    by_pixels = pixel_baseline(test.images, labels, test.schema, n_components=codes.shape[1], seeds=seeds, groups=groups)
+    return {
+        "code_dim": int(codes.shape[1]),
+        "n": len(test),
+        "seeds": list(seeds),
+        "original": f"raw pixels reduced by PCA to {codes.shape[1]} dimensions (fitted on each attacker's train half)",
+        "labels": {
+            name: {"concealed": name in concealed, "codes": by_codes[name], "original": by_pixels[name]}
+            for name in test.schema.names
+        },
+    }
+
+
+def _image_leakage(released, target, test: FaceArrays, concealed: LabelSchema, code_dim, seed, groups, epochs, min_steps) -> dict:
+    """Two attacker families on each image set, on the same halves: the CNN, and the vector attackers on
+    pixels reduced by PCA (cheap, and a check on a CNN that trains poorly on a small set)."""
+    labels = {name: test.labels[name] for name in concealed.names}
+
+    def attack(images: np.ndarray) -> dict[str, dict]:
+        cnn = audit_images(images, labels, test.schema, seeds=(seed,), groups=groups, epochs=epochs, min_steps=min_steps)
+        pca = pixel_baseline(images, labels, test.schema, n_components=code_dim, seeds=(seed,), groups=groups)
+        return {name: combine({"cnn": cnn[name], "pca": pca[name]}) for name in labels}
+
+    by_released, by_original = attack(released), attack(test.images)
+    return {
+        "target": {k: (v if isinstance(v, str) else float(v)) for k, v in target.items()},
+        "n": len(test),
+        "seeds": [seed],
+        "epochs": epochs,
+        "min_steps": min_steps,
+        "max_epochs": CNN_MAX_EPOCHS,
+        "pca_dim": int(code_dim),
+        "labels": {name: {"released": by_released[name], "original": by_original[name]} for name in concealed.names},
+    }
+
+
+def _judge_renders(model, codes, test: FaceArrays, judge, rows: np.ndarray, female_male: tuple[int, int],
+                   calibration: dict | None, seed: int) -> dict:
+    """Section c on the sampled ``rows``: decode as female/male at every target age, and gender-unspecified at 40."""
+    female, male = female_male
+    schema = model.schema
+    own = {name: test.labels[name][rows] for name in schema.names}
+    true_gender = own["gender"]
+    z = codes[rows]
+    n = len(rows)
+
+    def judged(request: dict) -> dict[str, np.ndarray]:
+        return judge.predict(render(model, z, label_rows(schema, n, request, own)))
+
+    targets, pooled_agree, pooled_flip_agree, per_age = [], [], [], {}
+    p_female_at_40 = {}
+    for gender_name, gender_index in (("female", female), ("male", male)):
+        for age in TARGET_AGES:
+            out = judged({"gender": gender_name, "age": age})
+            agree = (out["p_female"] > 0.5) == (gender_index == female)
+            flips = ~np.isnan(true_gender) & (true_gender != gender_index)
+            pooled_agree.append(agree)
+            pooled_flip_agree.append(agree[flips])
+            per_age.setdefault(age, []).append(out["age"])
+            if age == 40:
+                p_female_at_40[gender_name] = quartiles(out["p_female"])
+            targets.append({
+                "gender": gender_name,
+                "age": age,
+                "n": n,
+                "gender_agreement": mean_interval(agree, seed),
+                "n_flips": int(flips.sum()),
+                "gender_agreement_flips": mean_interval(agree[flips], seed),
+                **{f"age_{k}": v for k, v in regression_metrics(np.full(n, age, np.float64), out["age"]).items()},
+                "mean_judged_age": float(np.mean(out["age"])),
+                "face_found_rate": float(np.mean(out["face_found"])),
+            })
+    ages = {}
+    for age, judged_ages in per_age.items():
+        pooled = np.concatenate(judged_ages)
+        ages[str(age)] = {**regression_metrics(np.full(len(pooled), age, np.float64), pooled), "mean_judged_age": float(pooled.mean())}
+    unspecified = judged({"gender": "unspecified", "age": 40})
+    result = {
+        "judge": _judge_name(judge),
+        "n_faces": n,
+        "note": "other concealed labels (e.g. race) are each face's own; unknown ones are rendered unspecified",
+        "targets": targets,
+        "gender_agreement": mean_interval(np.concatenate(pooled_agree), seed),
+        "gender_agreement_flips": mean_interval(np.concatenate(pooled_flip_agree), seed),
+        "per_age": ages,
+        "avg_age_mae": float(np.mean([a["mae"] for a in ages.values()])),
+        "avg_age_rmse": float(np.mean([a["rmse"] for a in ages.values()])),
+        "unspecified_gender_age40": {
+            "p_female": quartiles(unspecified["p_female"]),
+            "judged_female_rate": float(np.mean(unspecified["p_female"] > 0.5)),
+            "female_render_p_female": p_female_at_40["female"],
+            "male_render_p_female": p_female_at_40["male"],
+        },
+        "paper_reference": PAPER_REFERENCE,
+    }
+    if calibration is not None and np.isfinite(calibration.get("gender_accuracy", np.nan)):
+        # A decoder that ignored the requested gender would keep each face's own: the judge would then
+        # agree with a flipped request only when it misreads the original.
+        result["flip_agreement_if_ignored"] = 1.0 - calibration["gender_accuracy"]
+    return result
+
+
+def _calibration(test: FaceArrays, rows: np.ndarray, judge, female_index: int) -> dict:
+    from .judges import calibrate_age_gender
+
+    gender = test.labels["gender"][rows].astype(np.float64)
+    female_is_one = np.where(np.isnan(gender), np.nan, (gender == female_index).astype(np.float64))
+    return calibrate_age_gender(test.images[rows], test.labels["age"][rows], female_is_one, judge=judge)
+
+
+def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.ndarray, seed: int) -> dict:
+    result = {
+        "n": len(test),
+        "psnr": mean_interval(psnr(test.images, reconstructed), seed),
+        "ssim": mean_interval(ssim(test.images, reconstructed), seed),
+    }
+    if judge is None:
+        return result
+    from . import judges as judge_module
+
+    threshold = getattr(judge_module, "SAME_PERSON_DISTANCE", 0.6)
+    originals = judge.embed(test.images[rows])  # (n, 128)
+    # Partner = the next face in a seeded cycle: never itself; pairs that share a known identity are dropped.
+    order = np.random.default_rng([seed, 3]).permutation(len(rows))
+    partner = np.empty_like(order)
+    partner[order] = np.roll(order, -1)
+    ids = test.identity[rows]
+    other = (ids < 0) | (ids != ids[partner])
+
+    def similarity(a: np.ndarray, b: np.ndarray) -> dict:
+        distance = np.linalg.norm(a - b, axis=1)
+        return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < threshold, seed)}
+
+    result["identity"] = {
+        "judge": _judge_name(judge),
+        "n_faces": len(rows),
+        "same_person_distance": threshold,
+        "reconstruction": similarity(originals, judge.embed(reconstructed[rows])),
+        "released": similarity(originals, judge.embed(released[rows])),
+        "different_person": similarity(originals[other], originals[partner][other]),
+    }
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _grid_figure(model, codes, test: FaceArrays, reconstructed, released, female_male, out_dir: Path, seed: int) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
+    own = {name: test.labels[name][rows] for name in model.schema.names}
+    columns = [("original", test.images[rows]), ("reconstruction", reconstructed[rows])]
+    requests = [(f"{g} {a}", {"gender": g, "age": a}) for g in ("female", "male") for a in GRID_AGES]
+    requests += [("gender unspec., 40", {"gender": "unspecified", "age": 40})]
+    if female_male is None:
+        columns.append(("released", released[rows]))
+    else:
+        for title, request in requests:
+            columns.append((title, render(model, codes[rows], label_rows(model.schema, len(rows), request, own))))
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.3), squeeze=False)
+    for j, (title, images) in enumerate(columns):
+        axes[0, j].set_title(title, fontsize=7)
+        for i in range(len(rows)):
+            axes[i, j].imshow(images[i])
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    path = out_dir / "grid.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _leakage_figure(code_leakage: dict, image_leakage: dict, out_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def best(result: dict, metric: str) -> float:
+        return result.get("best", {}).get(metric, np.nan)
+
+    classes = [n for n, r in image_leakage["labels"].items() if r["released"]["kind"] != "continuous"]
+    continuous = [n for n, r in image_leakage["labels"].items() if r["released"]["kind"] == "continuous"]
+    bars = [
+        ("codes (best vector attacker)", lambda n, m: best(code_leakage["labels"][n]["codes"], m)),
+        ("released images (best image attacker)", lambda n, m: best(image_leakage["labels"][n]["released"], m)),
+        ("original pixels (best vector attacker)", lambda n, m: best(code_leakage["labels"][n]["original"], m)),
+        ("original images (best image attacker)", lambda n, m: best(image_leakage["labels"][n]["original"], m)),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [max(len(classes), 1), max(len(continuous), 1)]})
+    width = 0.8 / len(bars)
+    for ax, names, metric, ylabel in ((axes[0], classes, "balanced_accuracy", "balanced accuracy"), (axes[1], continuous, "mae", "MAE")):
+        x = np.arange(len(names))
+        for k, (title, value) in enumerate(bars):
+            ax.bar(x + (k - 1.5) * width, [value(n, metric) for n in names], width, label=title)
+        for i, n in enumerate(names):
+            result = image_leakage["labels"][n]["released"]
+            if metric == "mae":
+                chance = result.get("attackers", {}).get("baseline", {}).get("mae", {}).get("mean")
+            else:
+                chance = result.get("chance_balanced_accuracy")
+            if chance is not None:
+                ax.hlines(chance, i - 0.45, i + 0.45, colors="k", linestyles="--", label="chance / baseline" if i == 0 else None)
+        ax.set_xticks(x, names)
+        ax.set_ylabel(ylabel + (" (lower = less leak)" if metric != "mae" else " (higher = less leak)"))
+    axes[0].set_ylim(0, 1)
+    handles, titles = axes[0].get_legend_handles_labels()
+    fig.legend(handles, titles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("What an attacker trained after the fact can read (dashed: chance / mean-guess baseline)")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    path = out_dir / "leakage.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+# --------------------------------------------------------------------------------------------------
+
+
+@single_threaded
+def audit_concealer(
+    model_path: str | Path,
+    test: FaceArrays,
+    out_dir: str | Path,
+    judges: str | dict = "auto",
+    seed: int = 0,
+    judge_faces: int = 1000,
+    identity_faces: int = 200,
+    vector_seeds: int = 3,
+    cnn_epochs: int = DEFAULT_CNN_EPOCHS,
+    cnn_min_steps: int = CNN_MIN_STEPS,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run sections a-f on ``test`` (images at the model's size). Returns the sections dict for
+    ``write_report``; figures are written into ``out_dir``. Runs on one thread (see ``single_threaded``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = Concealer.load(model_path)
+    s = model.image_size
+    if test.images.shape[1:] != (s, s, 3):
+        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
+    concealed = model.schema
+    groups = test.identity if np.any(test.identity >= 0) else None
+    seeds = tuple(seed + i for i in range(vector_seeds))
+    judge_objects, judge_status = resolve_judges(judges)
+    female_male = _gender_axis(concealed)
+    sections: dict[str, Any] = {"judges": judge_status, "timings": {}}
+
+    @contextlib.contextmanager
+    def step(name: str, message: str):
+        log(f"[audit] {message}")
+        start = time.perf_counter()
+        yield
+        sections["timings"][name] = round(time.perf_counter() - start, 1)
+        log(f"[audit]   {name} done in {sections['timings'][name]:.0f} s")
+
+    with step("encode", f"encoding and decoding {len(test)} test faces"):
+        codes = model.encode(test.images)  # (N, d)
+        target = fixed_target(concealed)
+        released = render(model, codes, label_rows(concealed, len(test), target, {}))  # every face as the target
+        reconstructed = render(model, codes, label_rows(concealed, len(test), {}, test.labels))  # own labels
+
+    with step("code_leakage", f"a. leakage of concealed codes: vector attackers, {len(seeds)} seeds, {len(test.schema)} labels"):
+        sections["code_leakage"] = _code_leakage(codes, test, concealed, seeds, groups)
+
+    with step("image_leakage", f"b. leakage of released images (all as {target}): CNN attackers, {len(concealed)} labels x 2 image sets"):
+        sections["image_leakage"] = _image_leakage(released, target, test, concealed, codes.shape[1], seed, groups, cnn_epochs, cnn_min_steps)
+
+    age_gender = judge_objects["age_gender"]
+    judge_rows = sample_rows(len(test), judge_faces, seed, purpose=1)
+    if age_gender is None or female_male is None:
+        reason = (f"age/gender judge unavailable: {judge_status['age_gender']}" if age_gender is None
+                  else "the model does not render a male/female gender and an age")
+        log(f"[audit] c./e. skipped: {reason}")
+        sections["judge_calibration"] = {"skipped": reason}
+        sections["rendering"] = {"skipped": reason}
+    else:
+        with step("judge_calibration", f"e. judge calibration on {len(judge_rows)} raw test faces"):
+            sections["judge_calibration"] = _calibration(test, judge_rows, age_gender, female_male[0])
+        with step("rendering", f"c. judged renders: {len(judge_rows)} faces x {2 * len(TARGET_AGES) + 1} targets"):
+            sections["rendering"] = _judge_renders(model, codes, test, age_gender, judge_rows, female_male,
+                                                   sections["judge_calibration"], seed)
+
+    embedding = judge_objects["face_embedding"]
+    identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
+    with step("reconstruction", "d. reconstruction" + (f" and identity on {len(identity_rows)} faces" if embedding else "")):
+        sections["reconstruction"] = _reconstruction(test, reconstructed, released, embedding, identity_rows, seed)
+        if embedding is None:
+            sections["reconstruction"]["identity"] = {"skipped": f"face embedding judge unavailable: {judge_status['face_embedding']}"}
+
+    with step("figures", "f. figures"):
+        sections["figures"] = {
+            "grid": _grid_figure(model, codes, test, reconstructed, released, female_male, out_dir, seed),
+            "leakage": _leakage_figure(sections["code_leakage"], sections["image_leakage"], out_dir),
+        }
+    sections["samples"] = {
+        "test_faces": len(test),
+        "attacker_seeds": list(seeds),
+        "cnn_seeds": [seed],
+        "judge_faces": int(len(judge_rows)) if age_gender is not None else 0,
+        "identity_faces": int(len(identity_rows)) if embedding is not None else 0,
+    }
+    return sections
