@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from ..data.schema import LabelSchema
+from .anonymizer import AIA, Anonymizer
 from .base import Method, ModelAPI
 from .concealer import ConcealerConfig, Concealer, ConcealVAE
 
 METHODS: dict[str, type[Method]] = {
     ConcealVAE.name: ConcealVAE,
+    AIA.name: AIA,
 }
 
 
 # name -> user-facing API class (numpy in, numpy out) used by `conceal apply/encode/audit/demo`
 APIS: dict[str, type[ModelAPI]] = {
     ConcealVAE.name: Concealer,
+    AIA.name: Anonymizer,
 }
 
 

@@ -157,32 +157,36 @@ def _rbf_kernel(h: torch.Tensor) -> torch.Tensor:
     return sum(torch.exp(-d2 / (2 * s**2)) for s in (0.25, 0.5, 1.0, 2.0))
 
 
-def independence_mmd(codes: torch.Tensor, labels: dict[str, torch.Tensor], schema: LabelSchema) -> torch.Tensor:
-    """How far the codes' distribution differs between label groups (0 = codes independent of the labels).
+def independence_mmd(codes: torch.Tensor, labels: dict[str, torch.Tensor], schema: LabelSchema, min_group: int = 4) -> torch.Tensor:
+    """How far the codes' distribution differs between label groups (≈ 0 when codes are independent of the labels).
 
-    Sum over labels and groups of MMD²(codes of the group, codes of the batch), with codes standardised
-    per dimension (detached statistics, so the penalty is scale-free). Groups: the two classes of a binary
-    label, each class of a categorical one, the batch quartiles of a continuous one. This is the
-    Variational Fair Autoencoder's penalty (Louizos et al., 2016): unlike a critic it cannot be fooled,
-    because it compares whole distributions rather than one adversary's guesses.
+    Per label, the mean over its groups of MMD²(codes of the group, codes of the batch), summed over labels;
+    codes are standardised per dimension (detached statistics, so the penalty is scale-free), and self-pairs
+    are left out of the within-group means so small groups add no constant floor. Groups: the classes of a
+    binary or categorical label, the two halves (below/above the batch median) of a continuous one; groups
+    smaller than ``min_group`` are skipped as too noisy. This is the Variational Fair Autoencoder's penalty
+    (Louizos et al., 2016): unlike a critic it cannot be fooled, because it compares whole distributions
+    rather than one adversary's guesses.
     """
     h = (codes - codes.mean(0).detach()) / (codes.std(0).detach() + 1e-4)  # (B, d)
     k = _rbf_kernel(h)  # (B, B)
-    k_all = k.mean()
+    off_diagonal = ~torch.eye(len(h), dtype=torch.bool, device=h.device)
+    k_all = k[off_diagonal].mean()
     total = codes.new_zeros(())
     for label in schema:
         y = labels[label.name]
         known = ~torch.isnan(y)
-        if known.sum() < 4:
-            continue
         if label.kind == "continuous":
-            edges = torch.quantile(y[known], torch.tensor([0.25, 0.5, 0.75], device=y.device))
-            group = torch.bucketize(torch.nan_to_num(y), edges)
+            group = (y > y[known].median()).long() if known.sum() >= 2 * min_group else torch.zeros_like(y).long()
         else:
             group = torch.nan_to_num(y, nan=-1.0).long()
+        terms = []
         for g in group[known].unique():
             member = known & (group == g)
-            if member.sum() < 2:
+            if member.sum() < min_group:
                 continue
-            total = total + k[member][:, member].mean() - 2 * k[member].mean() + k_all
+            within = k[member][:, member][off_diagonal[member][:, member]].mean()
+            terms.append(within - 2 * k[member].mean() + k_all)
+        if terms:
+            total = total + torch.stack(terms).mean()
     return total

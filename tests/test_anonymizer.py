@@ -1,0 +1,242 @@
+"""Anonymizer (AIA): shapes, phases, pairs, the Random baseline, the API, resume, and privacy/utility on synthetic faces."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from conceal.audit.attackers import split_halves
+from conceal.cli import main
+from conceal.config import RunConfig, TrainConfig
+from conceal.data.synthetic import SyntheticFaces
+from conceal.methods import load_api
+from conceal.methods.anonymizer import AIA, Anonymizer, AnonymizerConfig, contrastive_loss, pair_masks, random_baseline
+from conceal.train import fit
+from conceal.train.checkpoint import write_model_files
+from conceal.train.loop import make_batch
+
+SMALL = dict(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16, embedding=8)
+
+
+def small_aia(schema, size=32, **changes) -> AIA:
+    torch.manual_seed(0)
+    return AIA(AnonymizerConfig(**(SMALL | changes)), schema, size)
+
+
+def test_shapes(synthetic_small):
+    method = small_aia(synthetic_small.schema)
+    x = torch.rand(5, 3, 32, 32)
+    codes = method.encode(x)
+    assert codes.shape == (5, 16) == (5, method.code_dim)
+    recon = method.decode(codes)
+    assert recon.shape == (5, 1, 32, 32) and recon.min() >= 0 and recon.max() <= 1
+    released = method(x)
+    assert released.shape == (5, 3, 32, 32) and torch.equal(released[:, 0], released[:, 2])
+    assert method.siamese(recon).shape == (5, 8)
+    # Without code_size, g is the flattened map of the last encoder block: 6 channels x 8 x 8.
+    assert small_aia(synthetic_small.schema, code_size=None).encode(x).shape == (5, 6 * 8 * 8)
+
+
+@pytest.mark.parametrize(
+    "changes, error",
+    [
+        (dict(variant="fancy"), ValueError),
+        (dict(decoder_widths=(8,)), ValueError),  # one decoder block per encoder block
+        (dict(encoder_widths=(4, 4, 4, 4, 4, 4)), ValueError),  # 32 is not a multiple of 64
+        (dict(private="age"), ValueError),  # continuous: no BCE adversary for it
+        (dict(private="height"), KeyError),
+    ],
+)
+def test_config_errors(synthetic_small, changes, error):
+    with pytest.raises(error):
+        small_aia(synthetic_small.schema, **changes)
+
+
+def test_variants_switch_the_finetuning_weights(synthetic_small):
+    variants = ("aia", "original", "aia_no_utility")
+    weights = {v: small_aia(synthetic_small.schema, variant=v, alpha=0.3, beta=0.7).weights for v in variants}
+    assert weights == {"aia": (0.3, 0.7), "original": (0.0, 0.0), "aia_no_utility": (0.0, 0.7)}
+
+
+def test_phase_is_a_function_of_the_step(synthetic_small):
+    """Before pretrain_steps every variant takes the same update (components learn alone); after, they differ."""
+    batch = make_batch(synthetic_small, np.arange(16), torch.device("cpu"))
+
+    def one_step(variant, step):
+        method = small_aia(synthetic_small.schema, variant=variant, pretrain_steps=5)
+        method.training_step(batch, method.configure_optimizers(1e-2), step)
+        return method.state_dict()
+
+    for step, alike in ((4, True), (5, False)):
+        aia, original = one_step("aia", step), one_step("original", step)
+        assert all(torch.equal(aia[k], original[k]) for k in aia) == alike, step
+
+
+def test_pairs_and_contrastive_loss():
+    identity = torch.tensor([3, 3, -1, 5, -1])
+    same, different = pair_masks(identity)
+    assert same.nonzero().tolist() == [[0, 1]]
+    assert different.sum() == 10 - 1 and different[2, 4]  # unknown identities count as different people
+    assert not (same | different).tril().any()  # each unordered pair once, never an image with itself
+
+    # Zero when every positive coincides and every negative is at least the margin apart.
+    anchors = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 3.0]])
+    loss, distances = contrastive_loss(anchors, anchors.clone(), identity, margin=2.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert len(distances["positive"]) == 5 + 1 and len(distances["negative"]) == 9
+    # A negative pair closer than the margin costs ½ (m − D)², averaged over the negatives.
+    loss, _ = contrastive_loss(anchors[[0, 2]], anchors[[0, 2]], torch.tensor([0, 1]), margin=4.0)
+    assert loss.item() == pytest.approx(0.5 * (4.0 - 3.0) ** 2, abs=1e-4)
+
+
+def test_random_baseline_replaces_exactly_half_of_the_entries():
+    codes = np.random.default_rng(0).normal(3.0, 2.0, size=(20, 7))  # 140 entries
+    released = random_baseline(codes, seed=1)
+    assert released.shape == codes.shape and released.dtype == np.float32
+    assert released.min() >= 0 and released.max() <= 1
+    scaled = (codes - codes.min(0)) / (codes.max(0) - codes.min(0))
+    replaced = ~np.isclose(released, scaled, atol=1e-6)
+    assert replaced.sum() == 70
+    np.testing.assert_array_equal(random_baseline(codes, seed=1), released)  # seeded
+    assert not np.array_equal(random_baseline(codes, seed=2), released)
+
+
+def test_api_and_generic_checkpoint(synthetic_small, tmp_path):
+    method = small_aia(synthetic_small.schema).eval()
+    cfg = RunConfig(method="anonymizer", model=method.cfg)
+    cfg.data.size = 32
+    write_model_files(tmp_path, method, cfg)
+    model = load_api(tmp_path)
+    assert isinstance(model, Anonymizer)
+    images = synthetic_small.images[:6]
+    codes = model.encode(images)
+    assert codes.shape == (6, 16) and codes.dtype == np.float32
+    np.testing.assert_array_equal(codes, Anonymizer(method).encode(images))  # reloaded = the same model
+    released = model.apply(images)
+    assert released.shape == (6, 32, 32, 3) and released.dtype == np.uint8
+    assert (released[..., 0] == released[..., 1]).all() and (released[..., 1] == released[..., 2]).all()  # gray
+    assert model.embed(images).shape == (6, 8)
+    assert model.encode(images[:0]).shape == (0, 16) and model.apply(images[:0]).shape == (0, 32, 32, 3)
+    with pytest.raises(ValueError):
+        model.encode(np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(TypeError):  # the CLI turns this into "--as is not an option"
+        model.check_options(as_={"gender": "female"})
+
+
+def test_resume_across_the_phase_boundary_is_exact(synthetic_small, tmp_path):
+    def run(directory, stop_after=None, resume=False):
+        cfg = RunConfig(method="anonymizer", train=TrainConfig(epochs=2, batch_size=32, progress=False, seed=3))
+        cfg.data.size, cfg.model = 32, AnonymizerConfig(**SMALL, pretrain_steps=18)
+        method = small_aia(synthetic_small.schema, pretrain_steps=18)
+        return fit(method, synthetic_small.subset("train"), synthetic_small.subset("val"), cfg, directory,
+                   resume=resume, stop_after_steps=stop_after, log=lambda *_: None)
+
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "split", stop_after=10)["stopped"] == "steps"  # still pretraining (15 batches/epoch)
+    resumed = run(tmp_path / "split", resume=True)  # fine-tunes from step 18 on
+    assert resumed["step"] == whole["step"] == 30
+    a = load_file(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert whole["history"][-1]["train"]["finetune"] == pytest.approx(12 / 15)
+
+
+def test_cli_train_encode_apply(tmp_path):
+    run = tmp_path / "run"
+    sets = [f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in SMALL.items()]
+    argv = ["train", "anonymizer", "--dataset", "synthetic", "--set", "data.synthetic_n=200", "--size", "32", "--epochs", "1",
+            "--batch-size", "32", "-o", str(run), "--no-progress"]
+    assert main(argv + [x for s in sets for x in ("--set", s)]) == 0
+    faces = SyntheticFaces(n=3, seed=9, size=32).arrays().images
+    from conceal.data.images import write_image
+
+    for i, face in enumerate(faces):
+        write_image(tmp_path / "in" / f"face{i}.png", face)
+    assert main(["encode", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "codes.npz")]) == 0
+    assert np.load(tmp_path / "codes.npz")["codes"].shape == (3, 16)
+    assert main(["apply", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+    assert main(["apply", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "--as", "gender=female"]) == 2
+
+
+# --- privacy and utility on synthetic faces --------------------------------------------------------
+
+PRETRAIN, FINETUNE, BATCH = 100, 200, 32
+
+
+def gender_leak(codes: np.ndarray, gender: np.ndarray, identity: np.ndarray) -> float:
+    """Balanced accuracy of a fresh logistic regression: fitted on one half of the people, scored on the other."""
+    fit_rows, score_rows = split_halves(len(codes), seed=0, groups=identity)
+    attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(codes[fit_rows], gender[fit_rows])
+    return balanced_accuracy_score(gender[score_rows], attacker.predict(codes[score_rows]))
+
+
+def verification_accuracy(embeddings: np.ndarray, identity: np.ndarray) -> float:
+    """Balanced accuracy of "same person iff L2 distance < t": t picked on pairs among one half of the people,
+    scored on pairs among the other half."""
+
+    def pairs(rows):
+        i, j = np.triu_indices(len(rows), 1)
+        i, j = rows[i], rows[j]
+        return np.linalg.norm(embeddings[i] - embeddings[j], axis=1), identity[i] == identity[j]
+
+    fit_rows, score_rows = split_halves(len(embeddings), seed=0, groups=identity)
+    distance, same = pairs(fit_rows)
+    threshold = max(np.quantile(distance, np.linspace(0, 1, 101)), key=lambda t: balanced_accuracy_score(same, distance < t))
+    distance, same = pairs(score_rows)
+    return balanced_accuracy_score(same, distance < threshold)
+
+
+@pytest.fixture(scope="module")
+def privacy_and_utility():
+    """AIA and the Original variant from one shared pretraining (the paper's schedule), measured on new people."""
+    train = SyntheticFaces(n=1000, seed=0, size=32).arrays()
+    held_out = SyntheticFaces(n=600, seed=2, size=32).arrays()  # other people than in training
+    cfg = AnonymizerConfig(decoder_widths=(16, 8), pretrain_steps=PRETRAIN)  # the paper's α = β = 0.5
+    torch.manual_seed(0)
+    method = AIA(cfg, train.schema, 32)
+    optimizers = method.configure_optimizers(1e-3)
+
+    def train_steps(method, optimizers, steps, seed):
+        rng = np.random.default_rng(seed)
+        for step in steps:
+            index = np.sort(rng.choice(len(train), BATCH, replace=False))
+            method.training_step(make_batch(train, index, torch.device("cpu")), optimizers, step)
+
+    train_steps(method, optimizers, range(PRETRAIN), seed=0)
+    results = {}
+    for variant in ("original", "aia"):
+        arm, arm_optimizers = copy.deepcopy((method, optimizers))
+        arm.cfg = dataclasses.replace(cfg, variant=variant)
+        train_steps(arm, arm_optimizers, range(PRETRAIN, PRETRAIN + FINETUNE), seed=1)  # the same batches for both arms
+        model = Anonymizer(arm)
+        results[variant] = {
+            "leak": gender_leak(model.encode(held_out.images), held_out.labels["gender"], held_out.identity),
+            "verify": verification_accuracy(model.embed(held_out.images), held_out.identity),
+        }
+    return results
+
+
+@pytest.mark.slow
+def test_finetuned_representation_still_verifies_faces(privacy_and_utility):
+    assert privacy_and_utility["aia"]["verify"] > 0.6, privacy_and_utility
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured over 5 seeds: a fresh attacker reads gender from AIA's codes (0.79-0.87 balanced accuracy) at "
+    "least as well as from the Original's (0.76-0.80); at this test's seed the two nearly tie (0.789 vs 0.797), so "
+    "it may XPASS. See the docstring of conceal.methods.anonymizer",
+)
+def test_finetuned_representation_leaks_less_gender_than_original(privacy_and_utility):
+    assert privacy_and_utility["aia"]["leak"] < privacy_and_utility["original"]["leak"], privacy_and_utility
