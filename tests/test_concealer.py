@@ -106,3 +106,41 @@ def test_independence_penalty_sees_label_dependence():
     assert dependent > 5 * independent
     # Over all three labels the (biased) estimate has a floor from small groups, but dependence still shows.
     assert independence_mmd(leaky, labels, UTKFACE_SCHEMA) > independence_mmd(noise, labels, UTKFACE_SCHEMA) + 0.5
+
+
+def test_leace_removes_planted_linear_signal():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from conceal.data.schema import GENDER, LabelSchema
+    from conceal.methods.erasure import erase, fit_leace, label_targets
+
+    rng = np.random.default_rng(0)
+    gender = (rng.random(2000) > 0.5).astype(np.float32)
+    codes = rng.normal(size=(2000, 12)).astype(np.float32)
+    codes[:, :3] += 1.5 * gender[:, None]  # gender is linearly readable
+    targets, known = label_targets({"gender": gender}, LabelSchema((GENDER,)))
+    mean, projection = fit_leace(codes[:1000], targets[:1000])
+    erased = erase(codes, mean, projection)
+
+    def attack(x):
+        clf = LogisticRegression(max_iter=1000).fit(x[:1000], gender[:1000])
+        return balanced_accuracy_score(gender[1000:], clf.predict(x[1000:]))
+
+    assert attack(codes) > 0.9
+    assert attack(erased) < 0.6
+    assert np.abs(erased - codes)[:, 3:].mean() < np.abs(erased - codes)[:, :3].mean()  # the rest barely moves
+
+
+def test_conceal_erase_cli_writes_a_model_that_reloads(tiny_model_dir, tmp_path):
+    from conceal.cli import main
+
+    out = tmp_path / "erased"
+    assert main(["erase", str(tiny_model_dir), "-o", str(out)]) == 0
+    model = Concealer.load(out)
+    assert model.vae.cfg.erase_codes
+    images = SyntheticFaces(n=4, seed=9, size=32).arrays().images
+    codes = model.encode(images)
+    assert np.array_equal(codes, Concealer.load(out).encode(images))
+    assert not np.array_equal(codes, Concealer.load(tiny_model_dir).encode(images))
+    assert model.conceal(images, as_={"gender": "female"}).shape == (4, 32, 32, 3)

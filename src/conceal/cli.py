@@ -170,6 +170,32 @@ def cmd_encode(args) -> int:
     return 0
 
 
+# --- conceal erase ------------------------------------------------------------------------------
+
+
+def cmd_erase(args) -> int:
+    from .config import RunConfig, from_dict
+    from .methods import Concealer
+    from .methods.concealer import fit_code_eraser
+    from .train.checkpoint import read_model_info, write_model_files
+
+    info = read_model_info(args.model)
+    model = Concealer.load(args.model)
+    data_cfg = info.get("data", {})
+    dataset = args.dataset or data_cfg.get("dataset")
+    root = args.root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
+    options = {"n": data_cfg.get("synthetic_n", 10000), "seed": data_cfg.get("synthetic_seed", 0)} if dataset == "synthetic" else {}
+    train = open_dataset(dataset, root, **options).arrays(size=model.image_size, crop=data_cfg.get("crop")).subset("train")
+    fitted = fit_code_eraser(model, train.images, train.labels)
+    run_cfg = RunConfig(method=info["method"], data=from_dict(type(RunConfig().data), {k: v for k, v in data_cfg.items()}), model=model.vae.cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kept = {k: info[k] for k in ("epoch", "step", "metrics") if k in info}
+    write_model_files(out, model.vae, run_cfg, {**kept, "code_eraser": {**fitted, "dataset": dataset, "split": "train"}})
+    print(f"fitted a rank-{fitted['rank']} LEACE eraser of {', '.join(fitted['labels'])} on {fitted['fitted_on_codes']} training codes; model written to {out}")
+    return 0
+
+
 # --- conceal demo -------------------------------------------------------------------------------
 
 
@@ -256,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split")
     au.add_argument("--seed", type=int, default=0)
     au.set_defaults(func=cmd_audit)
+
+    er = sub.add_parser("erase", help="concealer: fit a LEACE eraser of the concealed labels on training codes (post-hoc)")
+    er.add_argument("model")
+    er.add_argument("--dataset", choices=DATASETS, help="default: the model's training dataset")
+    er.add_argument("--root")
+    er.add_argument("-o", "--out", required=True, help="output model directory (the input model is left as it is)")
+    er.set_defaults(func=cmd_erase)
 
     de = sub.add_parser("demo", help="conceal bundled sample faces with the shipped model; writes a PNG grid")
     de.add_argument("--model", default=None, help="default: models/concealer-utkface-64")

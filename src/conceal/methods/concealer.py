@@ -45,6 +45,7 @@ class ConcealerConfig:
     critic_weight: float = 0.0  # λ of the latent critic; 0 = the paper's method
     classifier_weight: float = 0.0  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
     independence_weight: float = 0.0  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
+    erase_codes: bool = False  # released codes pass through a LEACE eraser fitted after training (`conceal erase`)
 
 
 class ImageAttributeClassifier(nn.Module):
@@ -86,6 +87,9 @@ class ConcealVAE(Method):
             else None
         )
         self.classifier = ImageAttributeClassifier(self.concealed, image_size) if cfg.classifier_weight > 0 else None
+        if cfg.erase_codes:  # fitted by `conceal erase` (fit_code_eraser); zeros = no erasure until then
+            self.register_buffer("eraser_mean", torch.zeros(cfg.latent))
+            self.register_buffer("eraser_projection", torch.zeros(cfg.latent, cfg.latent))
 
     # --- the model -----------------------------------------------------------------------------
 
@@ -93,6 +97,13 @@ class ConcealVAE(Method):
         """(B, 3, H, W) -> μ, log σ², each (B, latent)."""
         mu, logvar = self.to_moments(self.encoder(x).flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10, 10)
+
+    def release_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the codes the model releases (B, latent): μ, after the eraser if there is one."""
+        mu = self.encode(x)[0]
+        if self.cfg.erase_codes:
+            mu = mu - (mu - self.eraser_mean) @ self.eraser_projection.T
+        return mu
 
     def decode(self, z: torch.Tensor, labels: dict[str, torch.Tensor], unspecified: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """z (B, latent) + labels (name -> (B,)) -> images (B, 3, H, W) in [0, 1]."""
@@ -219,7 +230,7 @@ class Concealer(ModelAPI):
         """(N, H, W, 3) uint8 -> concealed codes μ (N, latent) float32; deterministic."""
         images = self.check_images(images)
         out = [
-            self.vae.encode(to_tensor_images(images[i : i + self.batch_size], self.vae.device))[0].cpu().numpy()
+            self.vae.release_codes(to_tensor_images(images[i : i + self.batch_size], self.vae.device)).cpu().numpy()
             for i in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.vae.cfg.latent), np.float32)
@@ -265,3 +276,30 @@ class Concealer(ModelAPI):
 
     def check_options(self, as_: dict[str, Any] | None = None) -> None:
         self.attribute_tensors(as_ or {}, 1)
+
+
+def fit_code_eraser(model: Concealer, train_images: np.ndarray, train_labels: dict[str, np.ndarray]) -> dict:
+    """Fit the LEACE eraser of the concealed labels on training codes and switch it on in ``model``.
+
+    Returns what was fitted (for model.json). The eraser replaces any earlier one: it is fitted on raw μ.
+    """
+    from .erasure import fit_leace, label_targets
+
+    vae = model.vae
+    if vae.cfg.erase_codes:
+        vae.eraser_projection.zero_()  # fit on the raw codes, not on already-erased ones
+    with torch.inference_mode():
+        codes = np.concatenate([
+            vae.encode(to_tensor_images(train_images[i : i + 256], vae.device))[0].cpu().numpy()
+            for i in range(0, len(train_images), 256)
+        ])
+    targets, known = label_targets({n: train_labels[n] for n in vae.concealed.names}, vae.concealed)
+    mean, projection = fit_leace(codes[known], targets[known])
+    if not vae.cfg.erase_codes:
+        vae.cfg.erase_codes = True
+        vae.register_buffer("eraser_mean", torch.zeros(vae.cfg.latent, device=vae.device))
+        vae.register_buffer("eraser_projection", torch.zeros(vae.cfg.latent, vae.cfg.latent, device=vae.device))
+    vae.eraser_mean.copy_(torch.from_numpy(mean))
+    vae.eraser_projection.copy_(torch.from_numpy(projection))
+    return {"method": "LEACE", "labels": vae.concealed.names, "fitted_on_codes": int(known.sum()),
+            "rank": int(np.linalg.matrix_rank(projection))}
