@@ -18,7 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-AUDITS = ("concealer",)  # methods with an audit; the method name comes from model.json
+# method name (from model.json) -> "module:function" of its audit sections, imported only when used.
+# A section function takes (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections.
+AUDITS = {
+    "concealer": "concealer:audit_concealer",
+}
 
 
 def load_test_split(info: dict, dataset: str, root: str | None, max_images: int | None, seed: int, log: Callable = print):
@@ -80,9 +84,11 @@ def run_audit(
     test = load_test_split(info, dataset, None if root is None else str(root), max_images, seed, log)
     started = datetime.now(timezone.utc)
 
-    from .concealer import audit_concealer
+    import importlib
 
-    sections = audit_concealer(model_path, test, out, judges=judges, seed=seed, log=log, **options)
+    module, function = AUDITS[method].split(":")
+    audit_method = getattr(importlib.import_module(f".{module}", __name__), function)
+    sections = audit_method(model_path, test, out, judges=judges, seed=seed, log=log, **options)
     sections = {
         "provenance": {
             "model": str(Path(model_path).resolve()),
