@@ -174,20 +174,22 @@ def cmd_encode(args) -> int:
 
 
 def cmd_erase(args) -> int:
-    from .config import RunConfig, from_dict
     from .methods import Concealer
     from .methods.concealer import fit_code_eraser
-    from .train.checkpoint import read_model_info, write_model_files
+    from .train.checkpoint import model_dir, read_model_info, write_model_files
 
-    info = read_model_info(args.model)
-    model = Concealer.load(args.model)
-    data_cfg = info.get("data", {})
-    dataset = args.dataset or data_cfg.get("dataset")
-    root = args.root or (data_cfg.get("root") if dataset == data_cfg.get("dataset") else None)
-    options = {"n": data_cfg.get("synthetic_n", 10000), "seed": data_cfg.get("synthetic_seed", 0)} if dataset == "synthetic" else {}
-    train = open_dataset(dataset, root, **options).arrays(size=model.image_size, crop=data_cfg.get("crop")).subset("train")
+    source = model_dir(args.model)
+    info = read_model_info(source)
+    model = Concealer.load(source)
+    # The training run's own resolved config, so the written config.toml still says how it was trained.
+    run_cfg = build_run_config(info["method"], source / "config.toml", [], type(model.vae.cfg))
+    d = run_cfg.data
+    dataset = args.dataset or d.dataset
+    root = args.root or (d.root if dataset == d.dataset else None)
+    options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if dataset == "synthetic" else {}
+    train = open_dataset(dataset, root, **options).arrays(size=model.image_size, crop=d.crop).subset("train")
     fitted = fit_code_eraser(model, train.images, train.labels)
-    run_cfg = RunConfig(method=info["method"], data=from_dict(type(RunConfig().data), {k: v for k, v in data_cfg.items()}), model=model.vae.cfg)
+    run_cfg.model = model.vae.cfg
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kept = {k: info[k] for k in ("epoch", "step", "metrics") if k in info}

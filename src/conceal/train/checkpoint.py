@@ -100,7 +100,7 @@ def save_checkpoint(run_dir: Path, method: Method, run_cfg: RunConfig, optimizer
     return final
 
 
-def _model_dir(path: str | Path) -> Path:
+def model_dir(path: str | Path) -> Path:
     """Accept a model directory (models/NAME), a checkpoint directory, or a run directory."""
     path = Path(path)
     for candidate in (path, path / "checkpoint", path / ".checkpoint.old"):
@@ -110,7 +110,7 @@ def _model_dir(path: str | Path) -> Path:
 
 
 def read_model_info(path: str | Path) -> dict:
-    directory = _model_dir(path)
+    directory = model_dir(path)
     try:
         info = json.loads((directory / "model.json").read_text())
     except json.JSONDecodeError as e:
@@ -122,7 +122,7 @@ def read_model_info(path: str | Path) -> dict:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Rebuild a method from model.json and load its safetensors weights (no code is executed)."""
-    directory = _model_dir(path)
+    directory = model_dir(path)
     info = read_model_info(directory)
     cls = method_class(info["method"])
     cfg = from_dict(cls.Config, info["model_config"], "model")
@@ -133,7 +133,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
 
 def load_train_state(run_dir: Path, method: Method, optimizers: dict) -> dict:
     """Restore weights, optimizer states and RNG from RUN/checkpoint; return the loop position."""
-    directory = _model_dir(run_dir)
+    directory = model_dir(run_dir)
     if not (directory / "train_state.json").is_file():
         raise CheckpointError(f"{directory} has no training state to resume from")
     method.load_state_dict(load_file(directory / "model.safetensors"))
