@@ -96,7 +96,7 @@ def test_apply_with_no_readable_image_fails_clearly(tiny_model_dir, tmp_path, ca
     (tmp_path / "a.jpg").write_bytes(b"")
     rc = main(["apply", str(tiny_model_dir), str(tmp_path / "a.jpg"), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc in (1, 2) or "skipped" in err
+    assert rc == 2 and len(err.splitlines()) == 1 and "zero-byte file" in err
 
 
 def test_unknown_model_path_is_one_line_error(tmp_path, photo_folder, capsys):

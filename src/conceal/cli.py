@@ -144,8 +144,10 @@ def cmd_apply(args) -> int:
                 write_image(out / names[path], img, protect=files)
                 written += 1
             bar.update(len(paths))
+    if not written:
+        raise DataError("no readable images among the inputs" + _skip_summary(skipped))
     print(f"wrote {written} images to {out}{_skip_summary(skipped)}")
-    return 0 if written else 1
+    return 0
 
 
 def cmd_encode(args) -> int:
