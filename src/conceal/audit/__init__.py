@@ -22,6 +22,7 @@ import numpy as np
 # A section function takes (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections.
 AUDITS = {
     "concealer": "concealer:audit_concealer",
+    "anonymizer": "anonymizer:audit_anonymizer",
 }
 
 

@@ -270,9 +270,14 @@ def _calibration(s: dict) -> list[str]:
     return lines + table(["metric", "value", "n"], rows) + [""]
 
 
+FIGURE_CAPTIONS = {"grid": "test faces: original, reconstruction, released", "leakage": "leakage per attribute"}
+
+
 def _figures(s: dict) -> list[str]:
-    return ["## f. Figures", "", f"![test faces: original, reconstruction, re-rendered]({s['grid']})", "",
-            f"![leakage per attribute]({s['leakage']})", ""]
+    lines = ["## f. Figures", ""]
+    for name, path in s.items():
+        lines += [f"![{FIGURE_CAPTIONS.get(name, name.replace('_', ' '))}]({path})", ""]
+    return lines
 
 
 def _judges(status: dict) -> list[str]:
@@ -282,6 +287,18 @@ def _judges(status: dict) -> list[str]:
 
 def _timings(timings: dict) -> list[str]:
     return ["## Timings", "", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f" (total {sum(timings.values()):.0f} s).", ""]
+
+
+def _method_renderers(method: str | None) -> dict:
+    """A method's own sections render through the RENDERERS dict of its audit module, if it has one."""
+    from . import AUDITS
+
+    if method not in AUDITS:
+        return {}
+    import importlib
+
+    module = importlib.import_module(f".{AUDITS[method].split(':')[0]}", __package__)
+    return dict(getattr(module, "RENDERERS", {}))
 
 
 def render_markdown(sections: dict) -> str:
@@ -301,6 +318,7 @@ def render_markdown(sections: dict) -> str:
         "judges": _judges,
         "timings": _timings,
     }
+    renderers.update(_method_renderers(sections.get("provenance", {}).get("method")))
     known = {"provenance", "samples", *renderers}
     for key, render in renderers.items():
         if key in sections:

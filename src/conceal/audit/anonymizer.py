@@ -1,0 +1,542 @@
+"""Audit of an anonymizer (AIA, ``conceal.methods.anonymizer``): does the released code g hide the private
+label (gender) from attackers trained after the fact, and does it still tell people apart?
+
+Sections (plain numbers, written by ``report.write_report``):
+
+- ``code_leakage`` (the concealer's section shape, so report.md renders it as tables): fresh vector attackers
+  on g for the private label, on identity-disjoint halves, beside the "Original" reference (raw pixels
+  reduced by PCA to the code size) and, in the JSON, the same attackers on the Random baseline of g.
+  Balanced accuracy and AUC come first: LFW is ~79% male, so plain accuracy would flatter an attacker.
+- ``privacy_utility``: the paper's Table 1 for this model: one row for its variant (Original, AIA\\T or
+  AIA), one for the Random baseline of its codes, and the raw-pixel reference (privacy only).
+- ``verification``: the utility task, 1-to-1 face verification on pairs of test people: cosine distance of
+  the Siamese embeddings and, second, of the codes g themselves; the threshold is chosen on pairs of one
+  half of the people ("validation") and scored on pairs of the other half.
+- ``reconstruction_fidelity``: PSNR/SSIM of the reconstruction against the grayscale original (the
+  autoencoder's target) and, with the face-embedding judge, identity similarity of original vs reconstruction.
+- ``figures``: originals over reconstructions (like the paper's Fig. 3) and a privacy/utility bar chart.
+
+``compare_anonymizers(report_jsons)`` merges several models' report.json into one paper-style table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
+from sklearn.metrics.pairwise import paired_cosine_distances
+
+from ..data import FaceArrays
+from ..methods.anonymizer import LUMA, Anonymizer, random_baseline
+from ..train.checkpoint import read_model_info
+from .attackers import BASELINE, audit_vectors, pixel_baseline, single_threaded, split_halves
+from .concealer import resolve_judges, sample_rows
+from .metrics import mean_interval, psnr, ssim
+from .report import num, table, with_interval
+
+# The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
+VARIANT_TITLES = {"original": "Original", "aia_no_utility": "AIA\\T", "aia": "AIA"}
+PAPER_ROW_ORDER = ("Original", "Random", "AIA\\T", "AIA")
+RANDOM_TITLE = "Random"
+PIXELS_TITLE = "raw pixels (reference)"
+UTILITY_MEASURES = {"siamese": "Siamese embeddings", "codes": "released codes"}
+GRID_FACES = 8
+# Dimensions of the raw-pixel reference (PCA): the code size, at most this. AIA's g is large (3,072 values at
+# 64 px) and PCA cannot keep more components than an attacker half has rows, so "the code size" meant keeping
+# them all, and the attackers overfit: on 400 LFW test faces (~210-row halves) pixels reduced to all components
+# read gender at AUC 0.53, reduced to 64 at AUC 0.84 (16: 0.63, 128: 0.81). Codes are attacked whole: PCA on
+# g only weakened the attackers there (AUC 0.77 whole, 0.74-0.76 at 64).
+PIXEL_PCA_CAP = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification pairs and scores
+# --------------------------------------------------------------------------------------------------
+
+
+def verification_pairs(identity: np.ndarray, max_matched: int | None, seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Face-verification pairs among rows of known identity: every same-identity pair (a seeded sample of
+    ``max_matched`` when there are more) and as many seeded, distinct pairs of two different people.
+
+    identity (N,) int64, -1 = unknown (never paired: two unknowns may be the same person).
+    Returns (pairs (P, 2) int64 row positions, same (P,) bool), matched pairs first.
+    """
+    identity = np.asarray(identity, np.int64)
+    known = np.flatnonzero(identity >= 0)
+    rng = np.random.default_rng(seed)
+    order = known[np.argsort(identity[known], kind="stable")]
+    _, starts, counts = np.unique(identity[order], return_index=True, return_counts=True)
+    matched = [np.zeros((0, 2), np.int64)]
+    for start, count in zip(starts, counts):
+        members = order[start : start + count]
+        i, j = np.triu_indices(count, 1)
+        matched.append(np.stack([members[i], members[j]], axis=1))
+    matched_pairs = np.concatenate(matched)
+    n_different_available = (len(known) ** 2 - int((counts**2).sum())) // 2
+    n = min(len(matched_pairs), n_different_available, len(matched_pairs) if max_matched is None else max_matched)
+    if n < len(matched_pairs):
+        matched_pairs = matched_pairs[np.sort(rng.choice(len(matched_pairs), size=n, replace=False))]
+
+    drawn: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    while len(drawn) < n:  # rejection sampling: with many people, a same-person draw is rare
+        a, b = known[rng.integers(len(known), size=(2, 2 * (n - len(drawn)) + 16))]
+        for i, j in zip(a, b):
+            key = (int(min(i, j)), int(max(i, j)))
+            if identity[i] != identity[j] and key not in seen:
+                seen.add(key)
+                drawn.append(key)
+                if len(drawn) == n:
+                    break
+    pairs = np.concatenate([matched_pairs, np.array(drawn, np.int64).reshape(-1, 2)])
+    return pairs, np.r_[np.ones(n, bool), np.zeros(n, bool)]
+
+
+def verification_scores(distance_validation, same_validation, distance_test, same_test) -> dict[str, float]:
+    """"Same person iff distance <= t": t maximises accuracy on the validation pairs; accuracy, balanced
+    accuracy and ROC AUC (of −distance) on the test pairs."""
+    same_validation, same_test = np.asarray(same_validation, bool), np.asarray(same_test, bool)
+    # Accuracy at every ROC point is linear in (fpr, tpr): the best threshold is one of roc_curve's.
+    fpr, tpr, thresholds = roc_curve(same_validation, -np.asarray(distance_validation), drop_intermediate=False)
+    n_same = same_validation.sum()
+    validation_accuracy = (tpr * n_same + (1 - fpr) * (len(same_validation) - n_same)) / len(same_validation)
+    best = int(np.argmax(validation_accuracy))
+    threshold = -float(thresholds[best])
+    predicted = np.asarray(distance_test) <= threshold
+    return {
+        "threshold": threshold,
+        "validation_accuracy": float(validation_accuracy[best]),
+        "accuracy": float(accuracy_score(same_test, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(same_test, predicted)),
+        "auc": float(roc_auc_score(same_test, -np.asarray(distance_test))),
+        "majority_accuracy": float(max(same_test.mean(), 1 - same_test.mean())),
+    }
+
+
+def _pair_counts(pairs: np.ndarray, same: np.ndarray, identity: np.ndarray) -> dict[str, int]:
+    return {"matched": int(same.sum()), "mismatched": int((~same).sum()), "people": int(len(np.unique(identity[pairs])))}
+
+
+def _verification(representations: dict[str, dict[str, np.ndarray]], identity: np.ndarray, max_matched: int, seed: int) -> dict:
+    """Utility: verification of every representation (row -> measure -> (N, E) vectors) on the same pairs."""
+    if not np.any(identity >= 0):
+        return {"skipped": "the test faces have no identities: no verification pairs"}
+    validation_rows, test_rows = split_halves(len(identity), seed, groups=identity)  # no person in both halves
+    halves = {}
+    for name, rows, purpose in (("validation", validation_rows, 5), ("test", test_rows, 6)):
+        pairs, same = verification_pairs(identity[rows], max_matched, seed=[seed, purpose])
+        halves[name] = (rows[pairs], same)
+    counts = {name: _pair_counts(pairs, same, identity) for name, (pairs, same) in halves.items()}
+    result: dict[str, Any] = {
+        "pairs": {
+            "matched": sum(c["matched"] for c in counts.values()),
+            "mismatched": sum(c["mismatched"] for c in counts.values()),
+            **counts,
+            "max_matched_per_half": max_matched,
+            "note": "the test people are split in two halves that share no one; each half gives every same-person pair of its "
+                    "faces (a seeded sample above the cap) and as many seeded pairs of two different people",
+        },
+        "distance": "cosine distance",
+    }
+    if any(c["matched"] == 0 for c in counts.values()):
+        result["skipped"] = "a half of the test people has no same-person pair (too few faces per person)"
+        return result
+    for row, measures in representations.items():
+        result[row] = {}
+        for measure, vectors in measures.items():
+            distances = {name: paired_cosine_distances(vectors[pairs[:, 0]], vectors[pairs[:, 1]]) for name, (pairs, _) in halves.items()}
+            result[row][measure] = verification_scores(distances["validation"], halves["validation"][1], distances["test"], halves["test"][1])
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Representations
+# --------------------------------------------------------------------------------------------------
+
+
+def random_codes(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Random baseline of ``codes`` (N, d): (released, the same mapped back into g's range).
+
+    ``random_baseline`` releases min-max scaled codes in [0, 1]; undoing the scaling lets the model's own
+    decoder and Siamese network read them, so the Random row gets the same utility measures as the model's.
+    """
+    released = random_baseline(codes, seed)
+    low, high = codes.min(axis=0), codes.max(axis=0)
+    return released, (low + released * (high - low)).astype(np.float32)
+
+
+@torch.inference_mode()
+def embed_codes(model: Anonymizer, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Codes g (N, d) -> Siamese embeddings (N, E) of their reconstructions (``Anonymizer.embed`` starts from images)."""
+    aia = model.aia
+    out = [aia.siamese(aia.decode(torch.from_numpy(np.ascontiguousarray(codes[i : i + batch_size])).to(aia.device))).float().cpu().numpy()
+           for i in range(0, len(codes), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, aia.cfg.embedding), np.float32)
+
+
+def gray_images(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> luminance replicated to (N, H, W, 3) uint8: what the anonymizer reconstructs."""
+    luminance = np.asarray(images, np.float32) @ np.asarray(LUMA, np.float32)
+    return np.repeat(np.clip(np.round(luminance), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+def _code_leakage(codes: np.ndarray, released_random: np.ndarray, test: FaceArrays, private: str, seeds, groups) -> dict:
+    labels = {private: test.labels[private]}
+    # The same seeds give the same halves: g, Random and pixels are attacked on identical splits.
+    by_codes = audit_vectors(codes, labels, test.schema, seeds=seeds, groups=groups)[private]
+    by_random = audit_vectors(released_random, labels, test.schema, seeds=seeds, groups=groups)[private]
+    pixel_dim = min(codes.shape[1], PIXEL_PCA_CAP)
+    by_pixels = pixel_baseline(test.images, labels, test.schema, n_components=pixel_dim, seeds=seeds, groups=groups)[private]
+    return {
+        "code_dim": int(codes.shape[1]),
+        "n": len(test),
+        "seeds": list(seeds),
+        "original": f"raw colour pixels reduced by PCA to {pixel_dim} dimensions (fitted on each attacker's train half)",
+        "random": "the Random baseline of g: min-max scaled, half of all entries replaced by U[0, 1] (attacked on the same halves; JSON only)",
+        "labels": {private: {"concealed": True, "codes": by_codes, "original": by_pixels, "random": by_random}},
+    }
+
+
+def privacy_summary(result: dict) -> dict:
+    """One attacked input -> the best attacker's balanced accuracy and AUC beside the input-blind baselines."""
+    summary = {"label": result["label"], "n_known": result["n_known"], "n_unknown": result["n_unknown"],
+               "chance_balanced_accuracy": result.get("chance_balanced_accuracy")}
+    if "skipped" in result:
+        return summary | {"skipped": result["skipped"]}
+    best = result["best"]["attacker"]
+    scores = result["attackers"][best]
+    return summary | {
+        "attacker": best,
+        "balanced_accuracy": scores["balanced_accuracy"]["mean"],
+        "balanced_accuracy_std": scores["balanced_accuracy"]["std"],
+        "auc": scores["auc"]["mean"],
+        "accuracy": scores["accuracy"]["mean"],
+        "majority_accuracy": result["attackers"][BASELINE]["accuracy"]["mean"],
+    }
+
+
+def _privacy_utility(variant: str, code_leakage: dict, verification: dict, private: str) -> dict:
+    by_source = code_leakage["labels"][private]
+
+    def utility(row: str) -> dict | None:
+        measures = verification.get(row)
+        return None if measures is None else {m: {k: s[k] for k in ("accuracy", "auc")} for m, s in measures.items()}
+
+    return {
+        "private": private,
+        "note": "privacy: the best fresh attacker on the row's representation (lower = more private; chance = 1/K "
+                "balanced accuracy, AUC 0.5); utility: verification accuracy and AUC on test pairs of held-out people "
+                "(higher = more useful; chance 0.5)",
+        "rows": [
+            {"row": VARIANT_TITLES.get(variant, variant), "variant": variant, "representation": "g",
+             "privacy": privacy_summary(by_source["codes"]), "utility": utility("model")},
+            {"row": RANDOM_TITLE, "variant": variant, "representation": "Random baseline of this model's g",
+             "privacy": privacy_summary(by_source["random"]), "utility": utility("random")},
+            {"row": PIXELS_TITLE, "variant": None, "representation": code_leakage["original"],
+             "privacy": privacy_summary(by_source["original"]), "utility": None},
+        ],
+    }
+
+
+def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge, judge_status: str | None,
+                             rows: np.ndarray, seed: int) -> dict:
+    gray = gray_images(test.images)
+    result: dict[str, Any] = {
+        "n": len(test),
+        "reference": "the grayscale original (the autoencoder reconstructs luminance only)",
+        "psnr": mean_interval(psnr(gray, reconstructed), seed),
+        "ssim": mean_interval(ssim(gray, reconstructed), seed),
+    }
+    if judge is None:
+        result["identity"] = {"skipped": judge_status or "no identity faces asked for (identity_faces=0)"}
+        return result
+    from .judges import SAME_PERSON_DISTANCE
+
+    originals = judge.embed(test.images[rows])
+    # A different person for each face: the next one in a seeded cycle; pairs sharing a known identity are dropped.
+    order = np.random.default_rng([seed, 3]).permutation(len(rows))
+    partner = np.empty_like(order)
+    partner[order] = np.roll(order, -1)
+    ids = test.identity[rows]
+    other = (ids < 0) | (ids != ids[partner])
+
+    def similarity(a: np.ndarray, b: np.ndarray) -> dict:
+        distance = np.linalg.norm(a - b, axis=1)
+        return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < SAME_PERSON_DISTANCE, seed)}
+
+    result["identity"] = {
+        "judge": f"{getattr(judge, 'name', type(judge).__name__)} {judge!r}",
+        "n_faces": len(rows),
+        "same_person_distance": SAME_PERSON_DISTANCE,
+        "reconstruction": similarity(originals, judge.embed(reconstructed[rows])),
+        # Context: how much identity grayscale alone costs, and what unrelated people score.
+        "gray_original": similarity(originals, judge.embed(gray[rows])),
+        "different_person": similarity(originals[other], originals[partner][other]),
+    }
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid_figure(test: FaceArrays, reconstructed: np.ndarray, out_dir: Path, seed: int) -> str:
+    """Originals over their reconstructions, like the paper's Fig. 3."""
+    plt = _pyplot()
+    rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
+    fig, axes = plt.subplots(2, len(rows), figsize=(1.2 * len(rows), 2.8), squeeze=False)
+    for i, (title, images) in enumerate((("original", test.images[rows]), ("reconstruction", reconstructed[rows]))):
+        axes[i, 0].set_title(title, fontsize=8, loc="left")
+        for j in range(len(rows)):
+            axes[i, j].imshow(images[j])
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    path = out_dir / "grid.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _privacy_utility_figure(summary: dict, out_dir: Path) -> str:
+    plt = _pyplot()
+    rows = summary["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = [r["row"] for r in rows]
+    left.bar(names, [r["privacy"].get("balanced_accuracy", np.nan) for r in rows], color="tab:red")
+    chance = rows[0]["privacy"].get("chance_balanced_accuracy")
+    if chance is not None:
+        left.axhline(chance, color="k", linestyle="--", label="chance")
+        left.legend(fontsize=8)
+    left.set_ylim(0, 1)
+    left.set_title(f"privacy: {summary['private']} (lower = more private)", fontsize=10)
+    left.set_ylabel("best attacker's balanced accuracy")
+    utility_rows = [r for r in rows if r["utility"]]
+    x = np.arange(len(utility_rows))
+    for k, (measure, title) in enumerate(UTILITY_MEASURES.items()):
+        right.bar(x + (k - 0.5) * 0.4, [r["utility"].get(measure, {}).get("accuracy", np.nan) for r in utility_rows], 0.4, label=title)
+    right.axhline(0.5, color="k", linestyle="--", label="chance")
+    right.set_xticks(x, [r["row"] for r in utility_rows])
+    right.set_ylim(0, 1)
+    right.set_title("utility: verification (higher = more useful)", fontsize=10)
+    right.set_ylabel("accuracy on held-out people's pairs")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "privacy_utility.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown: the paper-style table (for report.md's renderer and for comparing models)
+# --------------------------------------------------------------------------------------------------
+
+TABLE_HEADER = ["method", "attacker", "bal. acc ↓", "AUC ↓", "majority acc", "chance bal. acc",
+                "verify acc (Siamese) ↑", "AUC ↑", "verify acc (codes) ↑", "AUC ↑"]
+
+
+def table_row(row: dict, title: str | None = None) -> list[str]:
+    """One privacy/utility row as table cells (``TABLE_HEADER``)."""
+    privacy = row["privacy"]
+    if "skipped" in privacy:
+        cells = ["skipped", "", "", num(privacy.get("majority_accuracy")), num(privacy.get("chance_balanced_accuracy"))]
+    else:
+        balanced = num(privacy["balanced_accuracy"]) + (f" ± {num(privacy['balanced_accuracy_std'])}" if privacy["balanced_accuracy_std"] else "")
+        cells = [privacy["attacker"], balanced, num(privacy["auc"]), num(privacy["majority_accuracy"]), num(privacy["chance_balanced_accuracy"])]
+    utility = row.get("utility") or {}
+    for measure in UTILITY_MEASURES:
+        scores = utility.get(measure, {})
+        cells += [num(scores.get("accuracy")), num(scores.get("auc"))]
+    return [title or row["row"], *cells]
+
+
+def privacy_utility_markdown(summary: dict) -> list[str]:
+    """The ``privacy_utility`` section as markdown lines (for report.md)."""
+    rows = [table_row(r) for r in summary["rows"]]
+    privacy = summary["rows"][0]["privacy"]
+    counted = f"{privacy['n_known']} test faces with a known {summary['private']}"
+    if privacy["n_unknown"]:
+        counted += f" ({privacy['n_unknown']} unknown, left out)"
+    return ([f"## Privacy and utility ({summary['private']}), as the paper's Table 1", "", f"{summary['note']}. {counted}.", ""]
+            + table(TABLE_HEADER, rows) + [""])
+
+
+def verification_markdown(s: dict) -> list[str]:
+    """The ``verification`` section as markdown lines."""
+    lines = ["## Utility: face verification", ""]
+    pairs = s.get("pairs")
+    if pairs:
+        lines += [f"{pairs['matched']} matched / {pairs['mismatched']} mismatched pairs: {pairs['note']}. Validation half: "
+                  f"{pairs['validation']['matched']} / {pairs['validation']['mismatched']} pairs of {pairs['validation']['people']} people "
+                  f"(the threshold is chosen here); test half: {pairs['test']['matched']} / {pairs['test']['mismatched']} pairs of "
+                  f"{pairs['test']['people']} people (scored here). Distance: {s['distance']}.", ""]
+    if "skipped" in s:
+        return lines + [f"Skipped: {s['skipped']}.", ""]
+    rows = [[title, UTILITY_MEASURES[measure], num(v["accuracy"]), num(v["balanced_accuracy"]), num(v["auc"]), num(v["majority_accuracy"]),
+             num(v["threshold"], 4), num(v["validation_accuracy"])]
+            for row, title in (("model", "g"), ("random", "Random baseline of g")) for measure, v in s[row].items()]
+    header = ["representation", "distance of", "accuracy", "balanced acc", "AUC", "majority acc", "threshold", "validation acc"]
+    return lines + table(header, rows) + [""]
+
+
+def reconstruction_markdown(s: dict) -> list[str]:
+    """The ``reconstruction_fidelity`` section as markdown lines."""
+    lines = ["## Reconstruction", "", f"Against {s['reference']}: PSNR {with_interval(s['psnr'], 2)} dB, SSIM {with_interval(s['ssim'])} "
+             f"(mean over {s['n']} faces; 95% bootstrap intervals).", ""]
+    identity = s["identity"]
+    if "skipped" in identity:
+        return lines + [f"Identity: skipped ({identity['skipped']}).", ""]
+    lines += [f"Identity on {identity['n_faces']} faces (judge: {identity['judge']}); same person = embedding distance below "
+              f"{identity['same_person_distance']}.", ""]
+    rows = [[title, with_interval(identity[key]["cosine"]), with_interval(identity[key]["same_person_rate"])]
+            for key, title in (("reconstruction", "original vs reconstruction"), ("gray_original", "original vs its grayscale (context)"),
+                               ("different_person", "original vs a different person (context)"))]
+    return lines + table(["pair", "cosine", "judged same person"], rows) + [""]
+
+
+# For report.md: section key -> markdown lines (report.render_markdown shows unknown sections as JSON until it uses these).
+RENDERERS = {
+    "privacy_utility": privacy_utility_markdown,
+    "verification": verification_markdown,
+    "reconstruction_fidelity": reconstruction_markdown,
+}
+
+
+def compare_anonymizers(report_jsons: list[str | Path]) -> str:
+    """Several anonymizers' report.json -> one markdown table in the paper's order (Original, Random,
+    AIA\\T, AIA). Random is the Random baseline of the Original's codes when an Original is among the
+    reports (as in the paper), else of the first report's; the raw-pixel reference comes from the first."""
+    reports = [json.loads(Path(p).read_text()) for p in report_jsons]
+    if not reports:
+        raise ValueError("compare_anonymizers needs at least one report.json")
+    model_rows = [(report, report["privacy_utility"]["rows"][0]) for report in reports]
+    originals = [report for report, row in model_rows if row["variant"] == "original"]
+    random_source = originals[0] if originals else reports[0]
+    random_row = random_source["privacy_utility"]["rows"][1]
+    random_title = f"{RANDOM_TITLE} (codes of {VARIANT_TITLES.get(random_row['variant'], random_row['variant'])})"
+    rows = [(row["row"], row) for _, row in model_rows] + [(RANDOM_TITLE, random_row)]
+    rank = {title: i for i, title in enumerate(PAPER_ROW_ORDER)}
+    rows.sort(key=lambda item: rank.get(item[0], len(rank)))
+    cells = [table_row(row, random_title if title == RANDOM_TITLE else None) for title, row in rows]
+    cells.append(table_row(reports[0]["privacy_utility"]["rows"][2]))
+    audited = sorted({(r["provenance"].get("dataset"), r["provenance"].get("n_test_faces"), r["provenance"].get("seed")) for r in reports},
+                     key=str)
+    lines = [f"Private label: {reports[0]['privacy_utility']['private']}. {reports[0]['privacy_utility']['note']}.", ""]
+    if len(audited) > 1:
+        lines += [f"> **Not like for like**: the reports audited different data (dataset, test faces, seed): {audited}.", ""]
+    return "\n".join(lines + table(TABLE_HEADER, cells)) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+# --------------------------------------------------------------------------------------------------
+
+
+@single_threaded
+def audit_anonymizer(
+    model_path: str | Path,
+    test: FaceArrays,
+    out_dir: str | Path,
+    judges: str | dict = "auto",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    identity_faces: int = 100,
+    vector_seeds: int = 3,
+    max_matched_pairs: int = 1000,
+) -> dict:
+    """The anonymizer's audit sections on ``test`` (images at the model's size); figures go into ``out_dir``.
+
+    ``identity_faces``: faces embedded by the face-embedding judge (0: none); ``vector_seeds``: attacker runs
+    (each a fresh identity-disjoint half-split); ``max_matched_pairs``: cap on same-person pairs per half.
+    Runs on one thread (see ``single_threaded``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = Anonymizer.load(model_path)
+    variant = read_model_info(model_path)["model_config"].get("variant", "aia")
+    private = model.aia.cfg.private
+    s = model.image_size
+    if test.images.shape[1:] != (s, s, 3):
+        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
+    groups = test.identity if np.any(test.identity >= 0) else None
+    seeds = tuple(seed + i for i in range(vector_seeds))
+    sections: dict[str, Any] = {"timings": {}}
+
+    @contextlib.contextmanager
+    def step(name: str, message: str):
+        log(f"[audit] {message}")
+        start = time.perf_counter()
+        yield
+        sections["timings"][name] = round(time.perf_counter() - start, 1)
+        log(f"[audit]   {name} done in {sections['timings'][name]:.0f} s")
+
+    with step("encode", f"encoding {len(test)} test faces ({VARIANT_TITLES.get(variant, variant)}) and the Random baseline"):
+        codes = model.encode(test.images)  # (N, d): g, the released representation
+        reconstructed = model.apply(test.images)  # (N, H, W, 3) gray
+        embeddings = model.embed(test.images)  # (N, E)
+        released_random, random_in_code_space = random_codes(codes, seed)
+
+    known = int(np.sum(~np.isnan(test.labels[private])))
+    with step("code_leakage", f"privacy: fresh attackers on g for {private} ({known} faces with a known label, {len(seeds)} seeds)"):
+        sections["code_leakage"] = _code_leakage(codes, released_random, test, private, seeds, groups)
+
+    with step("verification", f"utility: verification on pairs of test people (at most {max_matched_pairs} same-person pairs per half)"):
+        representations = {
+            "model": {"siamese": embeddings, "codes": codes},
+            "random": {"siamese": embed_codes(model, random_in_code_space), "codes": released_random},
+        }
+        sections["verification"] = _verification(representations, test.identity, max_matched_pairs, seed)
+        pairs = sections["verification"].get("pairs", {})
+        log(f"[audit]   {pairs.get('matched', 0)} matched / {pairs.get('mismatched', 0)} mismatched pairs")
+
+    sections["privacy_utility"] = _privacy_utility(variant, sections["code_leakage"], sections["verification"], private)
+    for row in sections["privacy_utility"]["rows"]:
+        utility = (row["utility"] or {}).get("siamese", {})
+        privacy = row["privacy"]
+        log(f"[audit]   {row['row']}: {private} balanced acc {num(privacy.get('balanced_accuracy'))}, AUC {num(privacy.get('auc'))} "
+            f"(majority acc {num(privacy.get('majority_accuracy'))}); verification acc {num(utility.get('accuracy'))}, AUC {num(utility.get('auc'))}")
+
+    judge, judge_status = None, None
+    if identity_faces > 0:
+        objects, status = resolve_judges(judges)
+        judge, judge_status = objects["face_embedding"], status["face_embedding"]
+        sections["judges"] = {"face_embedding": judge_status}
+    identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
+    with step("reconstruction", "reconstruction" + (f" and identity on {len(identity_rows)} faces" if judge is not None else "")):
+        sections["reconstruction_fidelity"] = _reconstruction_fidelity(test, reconstructed, judge, judge_status, identity_rows, seed)
+
+    with step("figures", "figures"):
+        sections["figures"] = {
+            "grid": _grid_figure(test, reconstructed, out_dir, seed),
+            "leakage": _privacy_utility_figure(sections["privacy_utility"], out_dir),
+        }
+    sections["samples"] = {
+        "test_faces": len(test),
+        "attacker_seeds": list(seeds),
+        "verification_pairs": {k: pairs.get(k, 0) for k in ("matched", "mismatched")},
+        "identity_faces": int(len(identity_rows)) if judge is not None else 0,
+    }
+    # The summary first: report.md shows sections it has no renderer for in this order.
+    order = ("privacy_utility", "code_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")
+    return {key: sections[key] for key in order if key in sections}

@@ -1,0 +1,157 @@
+"""The anonymizer's audit: verification pairs and scores, the Random baseline's two views, and the end-to-end
+audit of a tiny anonymizer (report.md/json, Table-1 rows, the comparison table, the identity judge's path)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conceal.audit.anonymizer import (
+    RENDERERS,
+    compare_anonymizers,
+    random_codes,
+    verification_pairs,
+    verification_scores,
+)
+from conceal.methods.anonymizer import random_baseline
+
+# A tiny anonymizer: trains one epoch on 600 synthetic faces in a few seconds; its quality is beside the point.
+TINY = {"encoder_widths": [4, 6], "decoder_widths": [8, 4], "code_size": 16, "adversary_hidden": 8, "siamese_hidden": 16,
+        "embedding": 8, "pretrain_steps": 5}
+FAST = {"vector_seeds": 2}
+
+
+# --- pairs and scores ------------------------------------------------------------------------------
+
+
+def test_verification_pairs_are_balanced_distinct_seeded_and_skip_unknown_identities():
+    identity = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, -1, -1])
+    pairs, same = verification_pairs(identity, max_matched=None, seed=0)
+    assert same.sum() == 3 + 1 + 6 == (~same).sum()  # every same-person pair, as many different-person pairs
+    assert np.all(identity[pairs] >= 0) and np.all(pairs[:, 0] != pairs[:, 1])
+    assert np.array_equal(identity[pairs[:, 0]] == identity[pairs[:, 1]], same)
+    assert len({frozenset(p) for p in pairs.tolist()}) == len(pairs)
+    np.testing.assert_array_equal(verification_pairs(identity, None, seed=0)[0], pairs)
+    capped, capped_same = verification_pairs(identity, max_matched=4, seed=1)
+    assert capped_same.sum() == 4 == (~capped_same).sum()
+    assert len(verification_pairs(np.full(5, -1), None, seed=0)[0]) == 0
+
+
+def test_verification_scores_choose_the_threshold_on_validation_pairs():
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    planted = np.where(same, rng.uniform(0.0, 0.4, 100), rng.uniform(0.6, 1.0, 100))
+    scores = verification_scores(planted, same, planted, same)
+    assert scores["accuracy"] == scores["auc"] == 1.0
+    assert planted[same].max() <= scores["threshold"] < planted[~same].min()  # same person iff distance <= threshold
+    assert scores["majority_accuracy"] == 0.5
+    noise = verification_scores(rng.uniform(size=100), same, rng.uniform(size=100), same)
+    assert 0.3 < noise["auc"] < 0.7
+
+
+def test_random_codes_are_the_random_baseline_and_map_back_into_the_code_range():
+    codes = np.random.default_rng(0).normal(3.0, 2.0, size=(30, 6)).astype(np.float32)
+    released, in_code_space = random_codes(codes, seed=2)
+    np.testing.assert_array_equal(released, random_baseline(codes, seed=2))
+    kept = np.isclose(in_code_space, codes, atol=1e-4)
+    assert 0.4 < kept.mean() < 0.6  # half the entries are noise; the rest are g's own values
+    assert np.all(in_code_space >= codes.min(0) - 1e-4) and np.all(in_code_space <= codes.max(0) + 1e-4)
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_anonymizer(tmp_path_factory):
+    from conceal.cli import main
+
+    run = tmp_path_factory.mktemp("anonymizer_run")
+    argv = ["train", "anonymizer", "--dataset", "synthetic", "--set", "data.synthetic_n=600", "--size", "32", "--epochs", "1",
+            "--batch-size", "32", "--set", "train.threads=1", "-o", str(run), "--no-progress"]
+    for key, value in TINY.items():
+        argv += ["--set", f"model.{key}={value}"]
+    assert main(argv) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def audited(tiny_anonymizer, tmp_path_factory):
+    from conceal.audit import run_audit
+
+    out = tmp_path_factory.mktemp("anonymizer_report")
+    path = run_audit(tiny_anonymizer, dataset="synthetic", out=out, max_images=300, judges="off", command="test",
+                     log=lambda _: None, **FAST)
+    return path, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_audit_of_a_tiny_anonymizer_writes_privacy_and_utility(audited):
+    path, data = audited
+    assert data["provenance"]["method"] == "anonymizer" and path.is_file()
+    rows = {row["row"]: row for row in data["privacy_utility"]["rows"]}
+    assert set(rows) == {"AIA", "Random", "raw pixels (reference)"}
+    for row in rows.values():
+        privacy = row["privacy"]
+        assert privacy["label"] == "gender" and privacy["chance_balanced_accuracy"] == 0.5
+        assert 0 <= privacy["balanced_accuracy"] <= 1 and 0 <= privacy["majority_accuracy"] <= 1
+        assert privacy["n_known"] == data["provenance"]["n_test_faces"] and privacy["n_unknown"] == 0
+    gender = data["code_leakage"]["labels"]["gender"]
+    assert {"codes", "random", "original"} <= set(gender) and gender["codes"]["split"] == "identity-disjoint halves"
+
+    verification = data["verification"]
+    pairs = verification["pairs"]
+    assert pairs["matched"] == pairs["mismatched"] > 0
+    assert pairs["validation"]["matched"] + pairs["test"]["matched"] == pairs["matched"]
+    for row in ("model", "random"):
+        for measure in ("siamese", "codes"):
+            assert 0 <= verification[row][measure]["accuracy"] <= 1 and 0 <= verification[row][measure]["auc"] <= 1
+    assert rows["AIA"]["utility"]["siamese"]["accuracy"] == verification["model"]["siamese"]["accuracy"]
+    assert "skipped" in data["reconstruction_fidelity"]["identity"]
+    assert (path.parent / data["figures"]["grid"]).is_file() and (path.parent / data["figures"]["leakage"]).is_file()
+    assert "majority acc" in path.read_text()
+    for key, render in RENDERERS.items():  # the section renderers offered to report.md accept the JSON
+        assert render(data[key])[0].startswith("## ")
+
+
+@pytest.mark.slow
+def test_compare_anonymizers_orders_rows_as_the_paper(audited, tmp_path):
+    _, data = audited
+    paths = []
+    for variant in ("aia", "original", "aia_no_utility"):  # stand-ins: the same numbers under each variant's name
+        report = json.loads(json.dumps(data))
+        title = {"aia": "AIA", "original": "Original", "aia_no_utility": "AIA\\T"}[variant]
+        report["privacy_utility"]["rows"][0] |= {"row": title, "variant": variant}
+        report["privacy_utility"]["rows"][1]["variant"] = variant
+        paths.append(tmp_path / f"{variant}.json")
+        paths[-1].write_text(json.dumps(report))
+    lines = compare_anonymizers(paths).splitlines()
+    methods = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert methods == ["Original", "Random (codes of Original)", "AIA\\T", "AIA", "raw pixels (reference)"]
+
+
+class FakeEmbedding:
+    """Embeds faces by their first pixels: enough to exercise the identity section."""
+
+    name = "fake"
+
+    def embed(self, images):
+        return np.asarray(images, np.float32).reshape(len(images), -1)[:, :128] / 255 + 1e-3
+
+    def cosine(self, a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.slow
+def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
+    from conceal.audit import load_test_split
+    from conceal.audit.anonymizer import audit_anonymizer
+    from conceal.train.checkpoint import read_model_info
+
+    test = load_test_split(read_model_info(tiny_anonymizer), "synthetic", None, 40, 0, log=lambda _: None)
+    sections = audit_anonymizer(tiny_anonymizer, test, tmp_path, judges={"face_embedding": FakeEmbedding()}, identity_faces=5,
+                                vector_seeds=1, log=lambda _: None)
+    identity = sections["reconstruction_fidelity"]["identity"]
+    assert identity["n_faces"] == 5 and set(identity) >= {"reconstruction", "gray_original", "different_person"}
+    assert sections["judges"] == {"face_embedding": None} and sections["samples"]["identity_faces"] == 5
