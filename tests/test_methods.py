@@ -15,6 +15,7 @@ from conceal.train.loop import make_batch
 # The smallest config of each method that still switches on every loss term.
 TINY = {
     "concealer": dict(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0),
+    "masker": dict(task="smile", masker_width=4, classifier_width=4, dense=8),
     # pretrain_steps=0: step 0 already fine-tunes, so the adversarial and Siamese terms reach the encoder.
     "anonymizer": dict(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16, embedding=8, pretrain_steps=0),
 }

@@ -126,6 +126,8 @@ def cmd_apply(args) -> int:
         model.check_options(**options)  # bad attributes fail before any file is touched
     except TypeError:
         raise ConfigError(f"--as is not an option of a {model.method.name} model") from None
+    if args.save_mask and not hasattr(model, "masks"):
+        raise ConfigError(f"--save-mask needs a model that releases a mask, not a {model.method.name} model")
     files, skipped = iter_image_files(args.inputs)
     if not files:
         raise DataError("no image files among the inputs" + _skip_summary(skipped))
@@ -135,13 +137,18 @@ def cmd_apply(args) -> int:
     with tqdm(total=len(files), unit="img", disable=args.quiet or not sys.stderr.isatty()) as bar:
         for paths, shapes, images in _iter_batches(files, model.image_size, args.crop, skipped):
             released = model.apply(images, **options)
-            for path, (h, w), img in zip(paths, shapes, released):
-                if args.upscale:
-                    from PIL import Image
+            masks = model.masks(images) if args.save_mask else [None] * len(paths)  # (B, H, W) uint8
+            for path, (h, w), img, mask in zip(paths, shapes, released, masks):
+                outputs = {names[path]: img}
+                if mask is not None:
+                    outputs[f"{Path(names[path]).stem}_mask.png"] = np.repeat(mask[..., None], 3, axis=2)
+                for name, img in outputs.items():
+                    if args.upscale:
+                        from PIL import Image
 
-                    side = min(h, w)  # the centre crop the model saw, at the input's resolution
-                    img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
-                write_image(out / names[path], img, protect=files)
+                        side = min(h, w)  # the centre crop the model saw, at the input's resolution
+                        img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
+                    write_image(out / name, img, protect=files)
                 written += 1
             bar.update(len(paths))
     if not written:
@@ -267,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-o", "--out", required=True, help="output folder")
     ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (others: unspecified)")
     ap.add_argument("--upscale", action="store_true", help="resize outputs to the input crop's size")
+    ap.add_argument("--save-mask", action="store_true", help="masker: also write each released mask as NAME_mask.png")
     ap.add_argument("--crop", type=float, default=1.0, help=crop_help)
     ap.add_argument("--quiet", action="store_true")
     ap.set_defaults(func=cmd_apply)

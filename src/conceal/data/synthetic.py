@@ -13,8 +13,8 @@ What carries each attribute (so a concealment method has something real to remov
 - age: children have rounder faces, larger and lower-set eyes, smaller noses and mouths; with age come
   forehead lines, crow's feet, nasolabial folds, under-eye bags, narrower eyes, greying hair (from ~45,
   fully grey by ~75; the ``hair`` label becomes ``gray`` past half-way) and a receding hairline in men.
-- race: skin tone from five distinct palettes (light pink, dark brown, light yellow, medium brown,
-  olive), jittered per identity.
+- race: skin tone from five palettes distinct in lightness and hue (light pink, dark brown, light
+  yellow, medium brown, reddish tan), jittered per identity.
 - smile: corners of the mouth lifted and an open mouth showing teeth.
 - hair: colour of the hair and brows.
 
@@ -39,11 +39,12 @@ depend on how the work is chunked or threaded.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .base import FaceArrays, FaceDataset, assign_split
+from .base import DataError, FaceArrays, FaceDataset, assign_split
 from .schema import AGE, GENDER, RACE, Label, LabelSchema
 
 SMILE = Label("smile", "binary", ("no", "yes"))
@@ -60,7 +61,7 @@ SKIN = np.array(
         [0.40, 0.26, 0.18],  # black: dark brown
         [0.95, 0.81, 0.58],  # asian: light, yellow
         [0.68, 0.46, 0.31],  # indian: medium brown
-        [0.76, 0.64, 0.45],  # other: olive
+        [0.82, 0.60, 0.50],  # other: tan, redder than asian or indian
     ],
     dtype=F32,
 )
@@ -91,7 +92,7 @@ EYE_WHITE = np.array([0.96, 0.96, 0.94], dtype=F32).reshape(3, 1, 1, 1)
 PUPIL = np.full((3, 1, 1, 1), 0.03, dtype=F32)
 
 FACE_CY = -0.02  # face centre height in the face frame (image spans [-1, 1], y down)
-CHUNK = 256  # images per render chunk: big enough to amortise numpy overhead, small enough for cache
+CHUNK = 128  # images per render chunk: big enough to amortise numpy overhead, small enough for cache
 NOISE_BANK = 64  # distinct noise textures; each image picks one (cheap, and chunking-independent)
 
 
@@ -179,7 +180,7 @@ def _sample_images(ids: dict[str, np.ndarray], identity: np.ndarray, rng: np.ran
     grey = rng.uniform(0.25, 0.8, (n, 1))
     bg0 = (grey + 0.6 * (rng.uniform(0.1, 0.9, (n, 3)) - grey)).astype(F32)
     bg1 = np.clip(bg0 + rng.uniform(-0.25, 0.25, (n, 3)), 0, 1).astype(F32)
-    cast = 1 + rng.uniform(-0.04, 0.04, (n, 3))
+    cast = 1 + rng.uniform(-0.03, 0.03, (n, 3))
     light = rng.uniform(0, 2 * np.pi, n)
     p = {
         # nuisance
@@ -212,11 +213,11 @@ def _sample_images(ids: dict[str, np.ndarray], identity: np.ndarray, rng: np.ran
         "nose_y": nose_y,
         "nose_w": g["nose_w"] * (1 - 0.3 * child),
         "mouth_y": mouth_y,
-        "mouth_w": rx * g["mouth_w"] * (1 - 0.2 * child),
+        "mouth_w": rx * g["mouth_w"] * (1 - 0.2 * child) * (1 + 0.15 * s),  # a smile widens the mouth
         "lip_t": g["lip_t"],
         "smile": s,
-        "mouth_lift": (0.05 * s + (1 - smile) * _u(rng, -0.012, 0.008, n)).astype(F32),
-        "mouth_open": 0.045 * s,
+        "mouth_lift": (0.06 * s + (1 - smile) * _u(rng, -0.012, 0.008, n)).astype(F32),
+        "mouth_open": 0.06 * s,
         "old": old,
         "stubble": g["stubble"] * np.clip((age - 16) / 6, 0, 1),
         "hair_end": g["hair_end"],
@@ -357,7 +358,6 @@ def _render_chunk(p: dict[str, np.ndarray], size: int, crop: float, bank: np.nda
     """
     ch = _Chunk(p, size, crop)
     q, px = ch.q, ch.px
-    full = (slice(None), slice(None))
     rx, ry, cy = q("rx"), q("ry"), F32(FACE_CY)
     skin, hair = q("skin"), q("hair_rgb")
     female, phase = q("female"), q("strand_phase")
@@ -370,32 +370,31 @@ def _render_chunk(p: dict[str, np.ndarray], size: int, crop: float, bank: np.nda
     # Background gradient in the image frame (not tilted with the head).
     d = p["bg_dir"][:, None, None]
     t = np.clip(0.5 + 0.5 * (np.cos(d) * ch.u + np.sin(d) * ch.v), 0, 1)  # (B, H, W)
-    ch.canvas[:] = q("bg0") + t * (q("bg1") - q("bg0"))
+    bg0, bg1 = q("bg0"), q("bg1")
+    for c in range(3):  # straight into the canvas, no (3, B, H, W) temporaries
+        np.multiply(t, bg1[c] - bg0[c], out=ch.canvas[c])
+        ch.canvas[c] += bg0[c]
 
-    # Long hair behind the head, reaching the shoulders (women only: alpha x female).
+    # Shoulders (clothing).
+    win = ch.window(-1.0, 1.0, 0.73, 1.83)
+    x, y = ch.xy(win)
+    ch.over(win, _ellipse(x, y, 0, 1.28, 1.0, 0.55, px), q("cloth"))
+
+    # Long hair (women only: alpha x female): around the head and falling in front of the shoulders on
+    # either side of the neck (the neck, drawn next, hides the part behind it).
+    neck_hw = rx * (0.46 - 0.06 * female)
     if any_female:
         win = ch.window(-1.3 * prx, 1.3 * prx, FACE_CY - pry - pvol - 0.08, np.maximum(p["hair_end"], FACE_CY + pry + pvol))
         x, y = ch.xy(win)
-        back = np.maximum(
-            _ellipse(x, y, 0, cy - 0.04, rx * 1.22, ry + vol + 0.02, px),
-            _rbox(x, y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px),
-        )
-        ch.over(win, back * female, hair * 0.8 * _strands(x, y, phase))
+        curtain = _rbox(x, y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px)
+        curtain *= _cov((neck_hw + 0.04 - np.abs(x)) * px)
+        back = np.maximum(_ellipse(x, y, 0, cy - 0.04, rx * 1.22, ry + vol + 0.02, px), curtain)
+        ch.over(win, back * female, hair * (0.85 * _strands(x, y, phase)))
 
-    # Shoulders (clothing) and neck.
-    neck_y = FACE_CY + p["ry"] * 0.9
-    win = ch.window(-1.3, 1.3, np.minimum(neck_y - 0.35, 0.73), 1.83)
+    # Neck.
+    win = ch.window(-0.5 * prx, 0.5 * prx, FACE_CY + 0.9 * pry - 0.35, FACE_CY + 0.9 * pry + 0.35)
     x, y = ch.xy(win)
-    ch.over(win, _ellipse(x, y, 0, 1.28, 1.0, 0.55, px), q("cloth"))
-    neck_hw = rx * (0.46 - 0.06 * female)
     ch.over(win, _rbox(x, y, 0, cy + ry * 0.9, neck_hw, 0.35, 0.05, px), skin * 0.82)
-    # Long hair falls in front of the shoulders, either side of the neck.
-    if any_female:
-        win = ch.window(-1.3 * prx, 1.3 * prx, FACE_CY, p["hair_end"])
-        x, y = ch.xy(win)
-        front = _rbox(x, y, 0, (cy + hair_end) / 2, rx * 1.28, (hair_end - cy) / 2, 0.12, px)
-        front *= _cov((neck_hw + 0.04 - np.abs(x)) * px)
-        ch.over(win, front * female, hair * 0.92 * _strands(x, y, phase))
 
     # Ears (behind the face outline).
     win = ch.window(-0.98 * prx - 0.08, 0.98 * prx + 0.08, p["eye_y"] - 0.05, p["eye_y"] + 0.19)
@@ -485,7 +484,7 @@ def _render_chunk(p: dict[str, np.ndarray], size: int, crop: float, bank: np.nda
     # Mouth. t in [-1, 1] across; the mouth line rises at the corners by ``mouth_lift`` (a smile) and
     # opens by ``mouth_open`` in the middle to show teeth.
     reach = 1.05 * p["mouth_w"] + 0.01
-    win = ch.window(-reach, reach, p["mouth_y"] - 0.09, p["mouth_y"] + 0.1)
+    win = ch.window(-reach, reach, p["mouth_y"] - 0.1, p["mouth_y"] + 0.13)
     x, y = ch.xy(win)
     t = x / mw
     t2 = np.minimum(t * t, 1)
@@ -583,15 +582,16 @@ class SyntheticFaces(FaceDataset):
 
     def __init__(self, n: int = 10000, seed: int = 0, size: int = 64, n_identities: int | None = None):
         if n < 1:
-            raise ValueError(f"synthetic: n must be at least 1, not {n}")
+            raise DataError(f"synthetic: n must be at least 1, not {n}")
         self.root = None
         self.n, self.seed, self.size = int(n), int(seed), int(size)
         self.n_identities = max(1, self.n // 10) if n_identities is None else int(n_identities)
         if not 1 <= self.n_identities <= self.n:
-            raise ValueError(f"synthetic: n_identities must be in 1..{self.n}, not {n_identities}")
+            raise DataError(f"synthetic: n_identities must be in 1..{self.n}, not {n_identities}")
         self.schema = SYNTHETIC_SCHEMA
-        self.records = []
+        self.records = []  # nothing on disk
         self.skipped = {}
+        self.undecodable = []
         id_seed, img_seed = np.random.SeedSequence(self.seed).spawn(2)
         self.identities = sample_identities(self.n_identities, np.random.default_rng(id_seed))
         rng = np.random.default_rng(img_seed)
@@ -610,12 +610,12 @@ class SyntheticFaces(FaceDataset):
         size = self.size if size is None else int(size)
         crop = 1.0 if crop is None else float(crop)
         if not 0 < crop <= 1:
-            raise ValueError(f"synthetic: crop must be in (0, 1], not {crop}")
+            raise DataError(f"synthetic: crop must be in (0, 1], not {crop}")
         key = (size, crop)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         if progress:
-            print(f"synthetic: rendering {self.n} faces at {size}x{size}", flush=True)
+            print(f"synthetic: rendering {self.n} faces at {size}x{size}", file=sys.stderr, flush=True)  # stdout may be JSON
         images = render(self.params, size, crop, seed=self.seed)
         images.setflags(write=False)
         result = FaceArrays(

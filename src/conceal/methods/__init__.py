@@ -6,9 +6,11 @@ from ..data.schema import LabelSchema
 from .anonymizer import AIA, Anonymizer
 from .base import Method, ModelAPI
 from .concealer import ConcealerConfig, Concealer, ConcealVAE
+from .masker import MaskGenerator, Masker
 
 METHODS: dict[str, type[Method]] = {
     ConcealVAE.name: ConcealVAE,
+    MaskGenerator.name: MaskGenerator,
     AIA.name: AIA,
 }
 
@@ -16,6 +18,7 @@ METHODS: dict[str, type[Method]] = {
 # name -> user-facing API class (numpy in, numpy out) used by `conceal apply/encode/audit/demo`
 APIS: dict[str, type[ModelAPI]] = {
     ConcealVAE.name: Concealer,
+    MaskGenerator.name: Masker,
     AIA.name: Anonymizer,
 }
 
