@@ -41,3 +41,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     ])
     assert rc == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
+    """method name -> a model directory holding an untrained tiny model of it (test_methods' TINY configs).
+
+    Saved with the checkpoint code, not trained: enough for export, apply and benchmarks, in milliseconds.
+    """
+    from test_methods import TINY, tiny_method
+
+    from conceal.config import RunConfig
+    from conceal.methods import METHODS
+    from conceal.train.checkpoint import write_model_files
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    out = {}
+    for name in METHODS:
+        torch.manual_seed(0)
+        method = tiny_method(name, synthetic_small.schema).eval()
+        cfg = RunConfig(method=name, model=method.cfg)
+        cfg.data.size = method.image_size
+        (root / name).mkdir()
+        write_model_files(root / name, method, cfg)
+        out[name] = root / name
+    return out

@@ -132,11 +132,38 @@ def test_leace_removes_planted_linear_signal():
     assert np.abs(erased - codes)[:, 3:].mean() < np.abs(erased - codes)[:, :3].mean()  # the rest barely moves
 
 
+def test_covariance_eraser_removes_a_spread_difference_that_leace_leaves():
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.neural_network import MLPClassifier
+
+    from conceal.data.schema import GENDER, LabelSchema
+    from conceal.methods.erasure import compose, erase, fit_covariance_eraser, fit_leace, label_groups, label_targets
+
+    rng = np.random.default_rng(0)
+    gender = (rng.random(3000) > 0.5).astype(np.float32)
+    codes = rng.normal(size=(3000, 10)).astype(np.float32)
+    codes[:, :2] *= np.where(gender == 1, 3.0, 0.3)[:, None]  # same mean, different spread: invisible to LEACE
+    schema = LabelSchema((GENDER,))
+    targets, _ = label_targets({"gender": gender[:1500]}, schema)
+    mean, leace = fit_leace(codes[:1500], targets)
+    second = fit_covariance_eraser(erase(codes[:1500], mean, leace), label_groups({"gender": gender[:1500]}, schema), rank=2)
+    both = compose(leace, second)
+
+    def attack(x):
+        clf = MLPClassifier((32,), max_iter=500, random_state=0).fit(x[1500:2250], gender[1500:2250])
+        return balanced_accuracy_score(gender[2250:], clf.predict(x[2250:]))
+
+    assert attack(erase(codes, mean, leace)) > 0.8
+    assert attack(erase(codes, mean, both)) < 0.6
+    moved = np.abs(erase(codes, mean, both) - codes)
+    assert moved[:, 2:].mean() < 0.25 * moved[:, :2].mean()  # the other dimensions move much less
+
+
 def test_conceal_erase_cli_writes_a_model_that_reloads(tiny_model_dir, tmp_path):
     from conceal.cli import main
 
     out = tmp_path / "erased"
-    assert main(["erase", str(tiny_model_dir), "-o", str(out)]) == 0
+    assert main(["erase", str(tiny_model_dir), "-o", str(out), "--covariance-rank", "2"]) == 0
     model = Concealer.load(out)
     assert model.vae.cfg.erase_codes
     images = SyntheticFaces(n=4, seed=9, size=32).arrays().images

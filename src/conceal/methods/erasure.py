@@ -6,6 +6,11 @@ some of it linearly readable. LEACE removes exactly the linearly available part 
 the least change to the codes: after ``erase``, no linear classifier fitted on the fitting data does
 better than a constant on the label encodings. Fresh attackers on held-out data measure what is left
 (non-linear information and fitting-set/test-set drift); the audit reports both.
+
+What LEACE leaves is what a non-linear attacker (an MLP) reads: groups whose codes share a mean but not a
+spread. ``fit_covariance_eraser`` also flattens the ``rank`` directions along which the label groups'
+covariances differ most (after LEACE, in whitened coordinates). Like LEACE it is one affine map for every
+code, so it needs no labels at release time; it costs those directions' detail in the decodes.
 """
 
 from __future__ import annotations
@@ -52,6 +57,53 @@ def fit_leace(codes: np.ndarray, targets: np.ndarray, tol: float = 1e-8) -> tupl
     u = u[:, s > tol * max(s.max(), tol)]  # (d, r), r <= k
     projection = w_pinv @ u @ u.T @ w  # (d, d)
     return mean.astype(np.float32), projection.astype(np.float32)
+
+
+def label_groups(labels: dict[str, np.ndarray], schema: LabelSchema, bins: int = 5) -> list[np.ndarray]:
+    """Per label, (N,) int group ids: classes of binary/categorical labels, quantile bins of continuous ones."""
+    out = []
+    for label in schema:
+        y = labels[label.name].astype(np.float64)
+        if label.kind == "continuous":
+            edges = np.unique(np.nanquantile(y, np.linspace(0, 1, bins + 1)[1:-1]))
+            out.append(np.where(np.isnan(y), -1, np.digitize(y, edges)))
+        else:
+            out.append(np.where(np.isnan(y), -1, np.nan_to_num(y)).astype(np.int64))
+    return out
+
+
+def fit_covariance_eraser(codes: np.ndarray, groups: list[np.ndarray], rank: int, tol: float = 1e-4) -> np.ndarray:
+    """codes (N, d) (already mean-erased), label groups -> Q (d, d); erase with x - (x - mean) @ Q.T.
+
+    Q projects out, in whitened coordinates, the top-``rank`` eigenvectors of Σ_g p_g (Σ_g - I)², where Σ_g
+    is group g's covariance: the directions in which the groups' spreads differ most. Directions without
+    variance (those LEACE already flattened) are left alone: ``tol`` is relative to the largest variance.
+    """
+    x = codes.astype(np.float64)
+    xc = x - x.mean(0)
+    d = x.shape[1]
+    eigval, eigvec = np.linalg.eigh(xc.T @ xc / len(x))
+    keep = eigval > tol * eigval.max()
+    w = (eigvec[:, keep] / np.sqrt(eigval[keep])) @ eigvec[:, keep].T  # Σ^(-1/2) on the support
+    w_pinv = (eigvec[:, keep] * np.sqrt(eigval[keep])) @ eigvec[:, keep].T
+    xw = xc @ w.T  # (N, d) whitened
+    support = eigvec[:, keep] @ eigvec[:, keep].T  # the identity on the support, in whitened space
+    spread = np.zeros((d, d))
+    for g in groups:
+        for c in np.unique(g[g >= 0]):
+            member = g == c
+            if member.sum() > d:  # a covariance needs more rows than dimensions
+                diff = np.cov(xw[member].T) - support
+                spread += member.mean() * diff @ diff
+    _, vectors = np.linalg.eigh(spread)
+    v = vectors[:, ::-1][:, : min(rank, int(keep.sum()))]  # (d, r)
+    return (w_pinv @ v @ v.T @ w).astype(np.float32)
+
+
+def compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """The projection of erasing with ``first`` and then ``then`` (both about the same mean), as one matrix."""
+    eye = np.eye(len(first), dtype=np.float64)
+    return (eye - (eye - then.astype(np.float64)) @ (eye - first.astype(np.float64))).astype(np.float32)
 
 
 def erase(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:

@@ -119,7 +119,7 @@ def top_k_mask(mask: torch.Tensor, keep: float) -> torch.Tensor:
     The selection carries no gradient; the kept values do.
     """
     flat = mask.flatten(1)  # (B, H·W)
-    k = max(1, round(keep * flat.shape[1]))
+    k = max(1, round(keep * int(flat.shape[1])))  # int(): H·W is fixed per model, a constant in an exported graph
     selected = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0)
     return (flat * selected).view_as(mask)
 

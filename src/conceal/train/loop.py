@@ -119,7 +119,8 @@ def fit(
     stop_after_steps: int | None = None,
     log=print,
 ) -> dict:
-    """Train ``method`` for ``cfg.train.epochs``; returns the loop state (epoch, step, history, stopped).
+    """Train ``method`` for ``cfg.train.epochs``; returns the loop state (epoch, step, history, stopped,
+    and ``timing``: images, data_seconds and step_seconds of this call's steps).
 
     ``stop_after_steps`` stops after that many steps in this call, as an interruption would (for tests
     and for callers that slice work).
@@ -144,6 +145,7 @@ def fit(
     save_toml(cfg, run_dir / "config.toml")
 
     start, steps_here = time.monotonic(), 0
+    timing = {"images": 0, "data_seconds": 0.0, "step_seconds": 0.0}  # this call's steps (for `conceal bench`)
     stopped = None
     with _StopRequest() as stop:
         for epoch in range(state["epoch"], tc.epochs):
@@ -165,6 +167,9 @@ def fit(
                 logs = method.training_step(batch, optimizers, state["step"])
                 t2 = time.perf_counter()
                 data_time, step_time = data_time + (t1 - t0), step_time + (t2 - t0)
+                timing["images"] += len(batch["image"])
+                timing["data_seconds"] += t1 - t0
+                timing["step_seconds"] += t2 - t0
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 state["step"] += 1
@@ -201,4 +206,5 @@ def fit(
                 + f"  | {tc.batch_size * (n_batches - first) / max(step_time, 1e-9):.0f} img/s, data wait {100 * data_time / max(step_time, 1e-9):.1f}%"
             )
     state["stopped"] = stopped
+    state["timing"] = timing  # returned only, never checkpointed: it describes this call, not the run
     return state
