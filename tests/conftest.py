@@ -49,7 +49,7 @@ def tiny_saved_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
 
     Saved with the checkpoint code, not trained: enough for export, apply and benchmarks, in milliseconds.
     """
-    from test_methods import TINY, tiny_method
+    from test_methods import tiny_method
 
     from conceal.config import RunConfig
     from conceal.methods import METHODS

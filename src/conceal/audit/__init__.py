@@ -23,6 +23,7 @@ import numpy as np
 AUDITS = {
     "concealer": "concealer:audit_concealer",
     "anonymizer": "anonymizer:audit_anonymizer",
+    "masker": "masker:audit_masker",
 }
 
 
@@ -71,7 +72,8 @@ def run_audit(
     figures into ``out``; return the path of report.md.
 
     ``judges``: "auto" (use the installed judges), "off", or a dict of judge objects. ``options`` go to the
-    method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``).
+    method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``; masker:
+    ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``, baseline settings).
     """
     from .. import __version__
     from ..data import DataError

@@ -21,24 +21,33 @@ Sections (plain numbers, written by ``report.write_report``):
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    roc_auc_score,
+    roc_curve,
+)
 from sklearn.metrics.pairwise import paired_cosine_distances
 
 from ..data import FaceArrays
 from ..methods.anonymizer import LUMA, Anonymizer, random_baseline
 from ..train.checkpoint import read_model_info
-from .attackers import BASELINE, audit_vectors, pixel_baseline, single_threaded, split_halves
+from .attackers import (
+    BASELINE,
+    audit_vectors,
+    pixel_baseline,
+    single_threaded,
+    split_halves,
+)
 from .concealer import resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim
-from .report import num, table, with_interval
+from .report import num, table, timed_steps, with_interval
 
 # The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
 VARIANT_TITLES = {"original": "Original", "aia_no_utility": "AIA\\T", "aia": "AIA"}
@@ -482,14 +491,7 @@ def audit_anonymizer(
     groups = test.identity if np.any(test.identity >= 0) else None
     seeds = tuple(seed + i for i in range(vector_seeds))
     sections: dict[str, Any] = {"timings": {}}
-
-    @contextlib.contextmanager
-    def step(name: str, message: str):
-        log(f"[audit] {message}")
-        start = time.perf_counter()
-        yield
-        sections["timings"][name] = round(time.perf_counter() - start, 1)
-        log(f"[audit]   {name} done in {sections['timings'][name]:.0f} s")
+    step = timed_steps(sections["timings"], log)
 
     with step("encode", f"encoding {len(test)} test faces ({VARIANT_TITLES.get(variant, variant)}) and the Random baseline"):
         codes = model.encode(test.images)  # (N, d): g, the released representation

@@ -21,8 +21,6 @@ The judges are optional: when one is unavailable its sections say why, and the a
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,8 +31,18 @@ from ..data import FaceArrays
 from ..data.schema import LabelError, LabelSchema
 from ..methods import Concealer
 from ..methods.base import to_uint8_images
-from .attackers import CNN_MAX_EPOCHS, CNN_MIN_STEPS, DEFAULT_CNN_EPOCHS, audit_images, audit_vectors, combine, pixel_baseline, single_threaded
+from .attackers import (
+    CNN_MAX_EPOCHS,
+    CNN_MIN_STEPS,
+    DEFAULT_CNN_EPOCHS,
+    audit_images,
+    audit_vectors,
+    combine,
+    pixel_baseline,
+    single_threaded,
+)
 from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim
+from .report import timed_steps
 
 TARGET_AGES = (1, 20, 40, 60, 80)
 PREFERRED_TARGET = {"gender": "female", "age": 40, "race": "white"}  # the fixed release of section b
@@ -416,14 +424,7 @@ def audit_concealer(
     judge_objects, judge_status = resolve_judges(judges)
     female_male = _gender_axis(concealed)
     sections: dict[str, Any] = {"judges": judge_status, "timings": {}}
-
-    @contextlib.contextmanager
-    def step(name: str, message: str):
-        log(f"[audit] {message}")
-        start = time.perf_counter()
-        yield
-        sections["timings"][name] = round(time.perf_counter() - start, 1)
-        log(f"[audit]   {name} done in {sections['timings'][name]:.0f} s")
+    step = timed_steps(sections["timings"], log)
 
     with step("encode", f"encoding and decoding {len(test)} test faces"):
         codes = model.encode(test.images)  # (N, d)

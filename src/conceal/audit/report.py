@@ -11,10 +11,12 @@ JSON are rounded to 4 decimals so the last bits of floating point do not show, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,6 +26,22 @@ DECIMALS = 4
 # --------------------------------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------------------------------
+
+
+
+def timed_steps(timings: dict[str, float], log: Callable[[str], None]):
+    """``with step(name, message):`` logs the message, runs the block and records its seconds in ``timings``
+    (the report's Timings section). One per audit: ``step = timed_steps(sections["timings"], log)``."""
+
+    @contextlib.contextmanager
+    def step(name: str, message: str):
+        log(f"[audit] {message}")
+        start = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - start, 1)
+        log(f"[audit]   {name} done in {timings[name]:.0f} s")
+
+    return step
 
 
 def to_plain(obj: Any) -> Any:
@@ -318,7 +336,9 @@ def render_markdown(sections: dict) -> str:
         "judges": _judges,
         "timings": _timings,
     }
-    renderers.update(_method_renderers(sections.get("provenance", {}).get("method")))
+    # A method's own sections come first (its summary table leads), then the shared ones it does not override.
+    method_renderers = _method_renderers(sections.get("provenance", {}).get("method"))
+    renderers = {**method_renderers, **{key: render for key, render in renderers.items() if key not in method_renderers}}
     known = {"provenance", "samples", *renderers}
     for key, render in renderers.items():
         if key in sections:

@@ -20,12 +20,10 @@ so a face can be rendered without committing to, say, a gender.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import LabelSchema
