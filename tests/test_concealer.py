@@ -165,7 +165,7 @@ def test_conceal_erase_cli_writes_a_model_that_reloads(tiny_model_dir, tmp_path)
     out = tmp_path / "erased"
     assert main(["erase", str(tiny_model_dir), "-o", str(out), "--covariance-rank", "2"]) == 0
     model = Concealer.load(out)
-    assert model.vae.cfg.erase_codes
+    assert model.vae.cfg.eraser_rank > 0
     images = SyntheticFaces(n=4, seed=9, size=32).arrays().images
     codes = model.encode(images)
     assert np.array_equal(codes, Concealer.load(out).encode(images))

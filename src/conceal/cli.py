@@ -210,29 +210,34 @@ def cmd_encode(args) -> int:
 
 
 def cmd_erase(args) -> int:
-    from .methods import Concealer
-    from .methods.concealer import fit_code_eraser
+    from .methods import load_api
+    from .methods.erasure import fit_code_eraser
     from .train.checkpoint import model_dir, read_model_info, write_model_files
 
     if args.covariance_rank < 0:
         raise ConfigError(f"--covariance-rank must be 0 or more, not {args.covariance_rank}")
     source = model_dir(args.model)
     info = read_model_info(source)
-    model = Concealer.load(source)
+    method = load_api(source).method
+    if "codes" not in method.releases:
+        raise ConfigError(f"a {method.name} model releases images, not codes: there are no codes to erase")
     # The training run's own resolved config, so the written config.toml still says how it was trained.
-    run_cfg = build_run_config(info["method"], source / "config.toml", [], type(model.vae.cfg))
+    run_cfg = build_run_config(info["method"], source / "config.toml", [], type(method.cfg))
     d = run_cfg.data
     dataset = args.dataset or d.dataset
     root = args.root or (d.root if dataset == d.dataset else None)
     options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if dataset == "synthetic" else {}
-    train = open_dataset(dataset, root, **options).arrays(size=model.image_size, crop=d.crop).subset("train")
-    fitted = fit_code_eraser(model, train.images, train.labels, covariance_rank=args.covariance_rank)
-    run_cfg.model = model.vae.cfg
+    train = open_dataset(dataset, root, **options).arrays(size=method.image_size, crop=d.crop).subset("train")
+    missing = set(method.concealed.names) - set(train.labels)
+    if missing:
+        raise DataError(f"{dataset} has no {', '.join(sorted(missing))} label to fit the eraser on")
+    fitted = fit_code_eraser(method, train.images, train.labels, covariance_rank=args.covariance_rank)
+    run_cfg.model = method.cfg
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kept = {k: info[k] for k in ("epoch", "step", "metrics") if k in info}
-    write_model_files(out, model.vae, run_cfg, {**kept, "code_eraser": {**fitted, "dataset": dataset, "split": "train"}})
-    print(f"fitted a rank-{fitted['rank']} LEACE eraser of {', '.join(fitted['labels'])} on {fitted['fitted_on_codes']} training codes; model written to {out}")
+    write_model_files(out, method, run_cfg, {**kept, "code_eraser": {**fitted, "dataset": dataset, "split": "train"}})
+    print(f"fitted a rank-{fitted['rank']} {fitted['method']} eraser of {', '.join(fitted['labels'])} on {fitted['fitted_on_codes']} training codes; model written to {out}")
     return 0
 
 
@@ -358,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--seed", type=int, default=0)
     au.set_defaults(func=cmd_audit)
 
-    er = sub.add_parser("erase", help="concealer: fit a LEACE eraser of the concealed labels on training codes (post-hoc)")
+    er = sub.add_parser("erase", help="fit a post-hoc eraser of the concealed labels on a model's training codes (concealer, anonymizer)")
     er.add_argument("model")
     er.add_argument("--dataset", choices=DATASETS, help="default: the model's training dataset")
     er.add_argument("--root")

@@ -77,7 +77,7 @@ class AnonymizerGraph(nn.Module):
         self.aia = aia
 
     def forward(self, images: torch.Tensor):
-        codes = self.aia.encode(images)
+        codes = self.aia.release_codes(images)  # g (after the eraser, if any): what `conceal encode` releases
         # expand() would export as a view the runtime may not copy; repeat gives a real (N, 3, S, S).
         return self.aia.decode(codes).repeat(1, 3, 1, 1), codes
 

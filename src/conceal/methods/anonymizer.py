@@ -76,6 +76,7 @@ class AnonymizerConfig:
     alpha: float = 0.5  # weight of L_Siamese in fine-tuning (forced to 0 by variants original, aia_no_utility)
     beta: float = 0.5  # weight of −L_Adv in fine-tuning (forced to 0 by variant original)
     pretrain_steps: int = 500  # steps in which every component learns on its own; then fine-tuning
+    eraser_rank: int = 0  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
@@ -215,12 +216,16 @@ class AIA(Method):
             nn.Linear(self.code_dim, cfg.adversary_hidden), nn.Tanh(), AttributeHeads(cfg.adversary_hidden, self.concealed)
         )
         self.siamese = SiameseNet(image_size, cfg.siamese_widths, cfg.siamese_hidden, cfg.embedding)
+        self.init_eraser()
 
     # --- the model -----------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> g (B, code_dim)."""
         return self.to_code(self.encoder(gray(images)).flatten(1))
+
+    def raw_codes(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """g (B, code_dim) -> reconstruction (B, 1, H, W) in [0, 1]."""
@@ -232,7 +237,7 @@ class AIA(Method):
 
         ``labels`` is ignored (the decoder is not conditioned); accepted so callers can treat methods alike.
         """
-        return self.decode(self.encode(images)).expand(-1, 3, -1, -1)
+        return self.decode(self.release_codes(images)).expand(-1, 3, -1, -1)
 
     @property
     def weights(self) -> tuple[float, float]:
@@ -364,7 +369,7 @@ class Anonymizer(ModelAPI):
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> g (N, d) float32; deterministic."""
-        return self._batched(images, lambda x: self.aia.encode(x).float().cpu().numpy(), (self.aia.code_dim,))
+        return self._batched(images, lambda x: self.aia.release_codes(x).float().cpu().numpy(), (self.aia.code_dim,))
 
     @torch.inference_mode()
     def apply(self, images: np.ndarray) -> np.ndarray:
@@ -376,7 +381,7 @@ class Anonymizer(ModelAPI):
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> Siamese embeddings (N, E) float32 of the reconstructions: the utility task's view."""
         aia = self.aia
-        return self._batched(images, lambda x: aia.siamese(aia.decode(aia.encode(x))).float().cpu().numpy(), (aia.cfg.embedding,))
+        return self._batched(images, lambda x: aia.siamese(aia.decode(aia.release_codes(x))).float().cpu().numpy(), (aia.cfg.embedding,))
 
     def check_options(self) -> None:
         """The anonymizer has no apply options (``--as`` is refused by the CLI)."""

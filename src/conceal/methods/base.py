@@ -42,6 +42,26 @@ class Method(nn.Module):
     def validation_step(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
+    # --- released codes (methods with "codes" in ``releases``) ---------------------------------------
+    # Such a method defines ``raw_codes``, ``code_dim`` and ``concealed`` (the labels its codes must not
+    # carry) and calls ``init_eraser`` once built; ``conceal erase`` (erasure.fit_code_eraser) fits the
+    # post-hoc eraser, and every release path goes through ``release_codes``.
+
+    def raw_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, code_dim) codes as trained, before any eraser."""
+        raise NotImplementedError(f"{self.name} releases no codes")
+
+    def init_eraser(self) -> None:
+        from .erasure import CodeEraser
+
+        rank = getattr(self.cfg, "eraser_rank", 0)
+        self.eraser = CodeEraser(self.code_dim, rank) if rank else None  # buffers filled by load or by fitting
+
+    def release_codes(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, code_dim): the codes the method releases (after the eraser, when fitted)."""
+        codes = self.raw_codes(images)
+        return codes if self.eraser is None else self.eraser(codes)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

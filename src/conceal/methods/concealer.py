@@ -43,7 +43,7 @@ class ConcealerConfig:
     critic_weight: float = 0.0  # λ of the latent critic; 0 = the paper's method
     classifier_weight: float = 0.0  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
     independence_weight: float = 0.0  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
-    erase_codes: bool = False  # released codes pass through a LEACE eraser fitted after training (`conceal erase`)
+    eraser_rank: int = 0  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
 
 
 class ImageAttributeClassifier(nn.Module):
@@ -85,9 +85,8 @@ class ConcealVAE(Method):
             else None
         )
         self.classifier = ImageAttributeClassifier(self.concealed, image_size) if cfg.classifier_weight > 0 else None
-        if cfg.erase_codes:  # fitted by `conceal erase` (fit_code_eraser); zeros = no erasure until then
-            self.register_buffer("eraser_mean", torch.zeros(cfg.latent))
-            self.register_buffer("eraser_projection", torch.zeros(cfg.latent, cfg.latent))
+        self.code_dim = cfg.latent
+        self.init_eraser()
 
     # --- the model -----------------------------------------------------------------------------
 
@@ -96,12 +95,9 @@ class ConcealVAE(Method):
         mu, logvar = self.to_moments(self.encoder(x).flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10, 10)
 
-    def release_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the codes the model releases (B, latent): μ, after the eraser if there is one."""
-        mu = self.encode(x)[0]
-        if self.cfg.erase_codes:
-            mu = mu - (mu - self.eraser_mean) @ self.eraser_projection.T
-        return mu
+    def raw_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> μ (B, latent): deterministic; ``release_codes`` adds the eraser, when fitted."""
+        return self.encode(x)[0]
 
     def decode(self, z: torch.Tensor, labels: dict[str, torch.Tensor], unspecified: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """z (B, latent) + labels (name -> (B,)) -> images (B, 3, H, W) in [0, 1]."""
@@ -276,36 +272,3 @@ class Concealer(ModelAPI):
     def check_options(self, as_: dict[str, Any] | None = None) -> None:
         self.attribute_tensors(as_ or {}, 1)
 
-
-def fit_code_eraser(model: Concealer, train_images: np.ndarray, train_labels: dict[str, np.ndarray], covariance_rank: int = 0) -> dict:
-    """Fit the LEACE eraser of the concealed labels on training codes and switch it on in ``model``;
-    ``covariance_rank`` > 0 also flattens that many directions where the label groups' spreads differ
-    (``erasure.fit_covariance_eraser``), against non-linear attackers.
-
-    Returns what was fitted (for model.json). The eraser replaces any earlier one: it is fitted on raw μ.
-    """
-    from .erasure import compose, erase, fit_covariance_eraser, fit_leace, label_groups, label_targets
-
-    vae = model.vae
-    if vae.cfg.erase_codes:
-        vae.eraser_projection.zero_()  # fit on the raw codes, not on already-erased ones
-    with torch.inference_mode():
-        codes = np.concatenate([
-            vae.encode(to_tensor_images(train_images[i : i + 256], vae.device))[0].cpu().numpy()
-            for i in range(0, len(train_images), 256)
-        ])
-    targets, known = label_targets({n: train_labels[n] for n in vae.concealed.names}, vae.concealed)
-    mean, projection = fit_leace(codes[known], targets[known])
-    if covariance_rank > 0:
-        groups = label_groups({n: train_labels[n][known] for n in vae.concealed.names}, vae.concealed)
-        second = fit_covariance_eraser(erase(codes[known], mean, projection), groups, covariance_rank)
-        projection = compose(projection, second)
-    if not vae.cfg.erase_codes:
-        vae.cfg.erase_codes = True
-        vae.register_buffer("eraser_mean", torch.zeros(vae.cfg.latent, device=vae.device))
-        vae.register_buffer("eraser_projection", torch.zeros(vae.cfg.latent, vae.cfg.latent, device=vae.device))
-    vae.eraser_mean.copy_(torch.from_numpy(mean))
-    vae.eraser_projection.copy_(torch.from_numpy(projection))
-    return {"method": "LEACE" + (f" + covariance (rank {covariance_rank})" if covariance_rank else ""),
-            "labels": vae.concealed.names, "fitted_on_codes": int(known.sum()), "covariance_rank": covariance_rank,
-            "rank": int(np.linalg.matrix_rank(projection))}

@@ -16,6 +16,8 @@ code, so it needs no labels at release time; it costs those directions' detail i
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..data.schema import LabelSchema
 
@@ -109,3 +111,58 @@ def compose(first: np.ndarray, then: np.ndarray) -> np.ndarray:
 def erase(codes: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
     """(N, d) -> (N, d) codes with the fitted labels' linear information removed."""
     return (codes - (codes - mean) @ projection.T).astype(np.float32)
+
+
+class CodeEraser(nn.Module):
+    """Released codes (B, d) -> x - ((x - mean) @ basis_in) @ basis_out.T: the fitted projection, stored as
+    rank-r factors (LEACE of one binary label is rank 1; a d × d matrix would be 38 MB for AIA's 3,072-d g)."""
+
+    def __init__(self, dim: int, rank: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("basis_in", torch.zeros(dim, rank))
+        self.register_buffer("basis_out", torch.zeros(dim, rank))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes - ((codes - self.mean) @ self.basis_in) @ self.basis_out.T
+
+
+def projection_factors(projection: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """P (d, d) -> (V_r, U_r S_r), each (d, r), with x @ P.T == (x @ V_r) @ (U_r S_r).T."""
+    u, s, vt = np.linalg.svd(projection.astype(np.float64))
+    r = int(np.sum(s > tol * max(s.max(), tol)))
+    return vt[:r].T.astype(np.float32), (u[:, :r] * s[:r]).astype(np.float32)
+
+
+def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np.ndarray], covariance_rank: int = 0,
+                    batch_size: int = 256) -> dict:
+    """Fit the eraser of ``method.concealed``'s labels on the raw codes of training images and switch it on.
+
+    ``method``: any Method with ``raw_codes`` and ``concealed`` (the concealer: its concealed labels; the
+    anonymizer: its private label). LEACE first; ``covariance_rank`` > 0 also flattens that many directions
+    where the label groups' spreads differ (``fit_covariance_eraser``), against non-linear attackers.
+    Returns what was fitted (for model.json). A new eraser replaces any earlier one: it is fitted on raw codes.
+    """
+    from .base import to_tensor_images
+
+    method.eval()
+    with torch.inference_mode():
+        codes = np.concatenate([
+            method.raw_codes(to_tensor_images(train_images[i : i + batch_size], method.device)).float().cpu().numpy()
+            for i in range(0, len(train_images), batch_size)
+        ])
+    schema = method.concealed
+    labels = {n: train_labels[n] for n in schema.names}
+    targets, known = label_targets(labels, schema)
+    mean, projection = fit_leace(codes[known], targets[known])
+    if covariance_rank > 0:
+        groups = label_groups({n: v[known] for n, v in labels.items()}, schema)
+        projection = compose(projection, fit_covariance_eraser(erase(codes[known], mean, projection), groups, covariance_rank))
+    basis_in, basis_out = projection_factors(projection)
+    method.cfg.eraser_rank = basis_in.shape[1]
+    method.eraser = CodeEraser(codes.shape[1], basis_in.shape[1]).to(method.device)
+    for name, value in (("mean", mean), ("basis_in", basis_in), ("basis_out", basis_out)):
+        getattr(method.eraser, name).copy_(torch.from_numpy(value))
+    return {"method": "LEACE" + (f" + covariance (rank {covariance_rank})" if covariance_rank else ""),
+            "labels": schema.names, "fitted_on_codes": int(known.sum()), "covariance_rank": covariance_rank,
+            "rank": int(basis_in.shape[1])}
