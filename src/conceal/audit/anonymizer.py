@@ -235,7 +235,13 @@ def privacy_summary(result: dict) -> dict:
     }
 
 
-def _privacy_utility(variant: str, code_leakage: dict, verification: dict, private: str) -> dict:
+def model_title(cfg) -> str:
+    """The paper's name of the model's variant, plus the post-hoc eraser when it has one."""
+    title = VARIANT_TITLES.get(cfg.variant, cfg.variant)
+    return f"{title} + eraser (rank {cfg.eraser_rank})" if cfg.eraser_rank else title
+
+
+def _privacy_utility(variant: str, title: str, code_leakage: dict, verification: dict, private: str) -> dict:
     by_source = code_leakage["labels"][private]
 
     def utility(row: str) -> dict | None:
@@ -248,7 +254,7 @@ def _privacy_utility(variant: str, code_leakage: dict, verification: dict, priva
                 "balanced accuracy, AUC 0.5); utility: verification accuracy and AUC on test pairs of held-out people "
                 "(higher = more useful; chance 0.5)",
         "rows": [
-            {"row": VARIANT_TITLES.get(variant, variant), "variant": variant, "representation": "g",
+            {"row": title, "variant": variant, "representation": "g",
              "privacy": privacy_summary(by_source["codes"]), "utility": utility("model")},
             {"row": RANDOM_TITLE, "variant": variant, "representation": "Random baseline of this model's g",
              "privacy": privacy_summary(by_source["random"]), "utility": utility("random")},
@@ -493,7 +499,7 @@ def audit_anonymizer(
     sections: dict[str, Any] = {"timings": {}}
     step = timed_steps(sections["timings"], log)
 
-    with step("encode", f"encoding {len(test)} test faces ({VARIANT_TITLES.get(variant, variant)}) and the Random baseline"):
+    with step("encode", f"encoding {len(test)} test faces ({model_title(model.aia.cfg)}) and the Random baseline"):
         codes = model.encode(test.images)  # (N, d): g, the released representation
         reconstructed = model.apply(test.images)  # (N, H, W, 3) gray
         embeddings = model.embed(test.images)  # (N, E)
@@ -512,7 +518,7 @@ def audit_anonymizer(
         pairs = sections["verification"].get("pairs", {})
         log(f"[audit]   {pairs.get('matched', 0)} matched / {pairs.get('mismatched', 0)} mismatched pairs")
 
-    sections["privacy_utility"] = _privacy_utility(variant, sections["code_leakage"], sections["verification"], private)
+    sections["privacy_utility"] = _privacy_utility(variant, model_title(model.aia.cfg), sections["code_leakage"], sections["verification"], private)
     for row in sections["privacy_utility"]["rows"]:
         utility = (row["utility"] or {}).get("siamese", {})
         privacy = row["privacy"]
