@@ -171,3 +171,24 @@ def test_conceal_erase_cli_writes_a_model_that_reloads(tiny_model_dir, tmp_path)
     assert np.array_equal(codes, Concealer.load(out).encode(images))
     assert not np.array_equal(codes, Concealer.load(tiny_model_dir).encode(images))
     assert model.conceal(images, as_={"gender": "female"}).shape == (4, 32, 32, 3)
+
+
+def test_training_from_an_erased_model_adapts_only_the_decoder(tiny_model_dir, tmp_path):
+    """`conceal train --init-from ERASED`: the decoder learns erased codes; encoder and eraser stay as fitted."""
+    from safetensors.torch import load_file
+
+    from conceal.cli import main
+
+    erased = tmp_path / "erased"
+    assert main(["erase", str(tiny_model_dir), "-o", str(erased)]) == 0
+    run = tmp_path / "adapted"
+    assert main(["train", "concealer", "--config", str(erased / "config.toml"), "--init-from", str(erased),
+                 "--epochs", "1", "--no-progress", "-o", str(run)]) == 0
+    before, after = load_file(erased / "model.safetensors"), load_file(run / "checkpoint" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith(("encoder.", "to_moments.", "eraser.")):
+            assert same, f"{name} moved"
+    assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
+    assert Concealer.load(run).vae.cfg.eraser_rank == Concealer.load(erased).vae.cfg.eraser_rank

@@ -71,7 +71,7 @@ def cmd_train(args) -> int:
     cfg = build_run_config(args.method, config_path, overrides, cls.Config)
     if args.no_progress:
         cfg.train.progress = False
-    state = train(cfg, args.out, resume=args.resume)
+    state = train(cfg, args.out, resume=args.resume, init_from=args.init_from)
     print(f"run directory: {args.out} (checkpoint/, config.toml, loss_curves.png)")
     return 130 if state.get("stopped") == "interrupted" else 0
 
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
     tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (use its config.toml as --config)")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 

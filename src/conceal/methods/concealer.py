@@ -111,6 +111,15 @@ class ConcealVAE(Method):
 
     # --- training ------------------------------------------------------------------------------
 
+    def train(self, mode: bool = True) -> "ConcealVAE":
+        """Training after `conceal erase` (``conceal train --init-from`` an erased model) adapts the decoder to
+        erased codes. The encoder stays frozen, batch-norm statistics included: the eraser was fitted to it,
+        and a moving encoder could put the erased labels back into the code in other directions."""
+        super().train(mode)
+        if self.eraser is not None:
+            self.encoder.eval()
+        return self
+
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         vae = [p for n, p in self.named_parameters() if not n.startswith("classifier.")]
         opts = {"vae": torch.optim.Adam(vae, lr=lr, betas=(0.5, 0.999))}
@@ -135,7 +144,11 @@ class ConcealVAE(Method):
             logs["cls_real"] = cls_loss.item()
 
         # 2. the VAE (and critic) update
-        mu, logvar = self.encode(x)
+        frozen = self.eraser is not None  # after `conceal erase`: only the decoder learns (see ``train``)
+        with torch.set_grad_enabled(not frozen):
+            mu, logvar = self.encode(x)
+        if frozen:
+            mu = self.eraser(mu)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         drop = {n: torch.rand(len(x), device=x.device) < self.cfg.attr_dropout for n in y}
         recon_x = self.decode(z, y, drop)
@@ -144,12 +157,12 @@ class ConcealVAE(Method):
         loss = recon + self.cfg.kl_weight * kl
         logs.update(recon=recon.item(), kl=kl.item())
 
-        if self.cfg.independence_weight > 0:
+        if self.cfg.independence_weight > 0 and not frozen:
             mmd = independence_mmd(mu, y, self.concealed)
             loss = loss + self.cfg.independence_weight * mmd
             logs["mmd"] = mmd.item()
 
-        if self.critic is not None:
+        if self.critic is not None and not frozen:
             # The critic minimises its loss; the reversed gradient makes the encoder maximise it, times λ.
             c_loss = sum(self.critic[-1].losses(self.critic(reverse_gradient(mu, self.cfg.critic_weight)), y).values())
             loss = loss + c_loss
@@ -176,7 +189,8 @@ class ConcealVAE(Method):
     def validation_step(self, batch: Batch) -> dict[str, float]:
         x, y = batch["image"], self._labels(batch)
         mu, logvar = self.encode(x)
-        recon_x = self.decode(mu, y)
+        codes = mu if self.eraser is None else self.eraser(mu)  # what the decoder gets at release
+        recon_x = self.decode(codes, y)
         mse = (recon_x - x).pow(2).mean(dim=(1, 2, 3))
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
         logs = {
@@ -189,7 +203,7 @@ class ConcealVAE(Method):
             # (a training signal only; the audit's independent judges give the real number).
             perm = torch.arange(len(x) - 1, -1, -1, device=x.device)
             target = {n: v[perm] for n, v in y.items()}
-            pred = self.classifier.heads.predict(self.classifier(self.decode(mu, target)))
+            pred = self.classifier.heads.predict(self.classifier(self.decode(codes, target)))
             for label in self.concealed:
                 if label.kind != "continuous":
                     logs[f"cls_{label.name}_agree"] = (pred[label.name] == target[label.name]).float().mean().item()
