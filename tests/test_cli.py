@@ -120,3 +120,20 @@ def test_demo_writes_a_grid(tiny_model_dir, tmp_path, capsys):
     assert path.is_file() and str(path) in capsys.readouterr().out
     with Image.open(path) as img:
         assert img.size[0] > img.size[1] > 100
+
+
+def test_apply_crops_like_the_model_was_trained(tiny_model_dir, tmp_path):
+    """--crop defaults to the model's training crop: its data config, else its dataset's default (LFW: 0.5)."""
+    import json
+    import shutil
+
+    from conceal.cli import _model_crop
+
+    assert _model_crop(tiny_model_dir, None) == 1.0  # synthetic faces fill the frame
+    assert _model_crop(tiny_model_dir, 0.7) == 0.7
+    lfw_model = tmp_path / "lfw_model"
+    shutil.copytree(tiny_model_dir / "checkpoint", lfw_model)
+    info = json.loads((lfw_model / "model.json").read_text())
+    info["data"].update(dataset="lfw", crop=None)
+    (lfw_model / "model.json").write_text(json.dumps(info))
+    assert _model_crop(lfw_model, None) == 0.5

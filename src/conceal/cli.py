@@ -142,6 +142,17 @@ def _output_names(files: list[Path]) -> dict[Path, str]:
     return names
 
 
+def _model_crop(model_path, crop: float | None) -> float:
+    """--crop, else the centre crop the model was trained with (its data config, else its dataset's default)."""
+    from .data import default_crop
+    from .train.checkpoint import read_model_info
+
+    if crop is not None:
+        return crop
+    data = read_model_info(model_path).get("data", {})
+    return data["crop"] if data.get("crop") is not None else default_crop(data.get("dataset"))
+
+
 def cmd_apply(args) -> int:
     from tqdm import tqdm
 
@@ -162,7 +173,8 @@ def cmd_apply(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names, written = _output_names(files), 0
     with tqdm(total=len(files), unit="img", disable=args.quiet or not sys.stderr.isatty()) as bar:
-        for paths, shapes, images in _iter_batches(files, model.image_size, args.crop, skipped):
+        crop = _model_crop(args.model, args.crop)
+        for paths, shapes, images in _iter_batches(files, model.image_size, crop, skipped):
             released = model.apply(images, **options)
             masks = model.masks(images) if args.save_mask else [None] * len(paths)  # (B, H, W) uint8
             for path, (h, w), img, mask in zip(paths, shapes, released, masks):
@@ -173,7 +185,7 @@ def cmd_apply(args) -> int:
                     if args.upscale:
                         from PIL import Image
 
-                        side = min(h, w)  # the centre crop the model saw, at the input's resolution
+                        side = max(1, round(min(h, w) * crop))  # the centre crop the model saw, at the input's resolution
                         img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
                     write_image(out / name, img, protect=files)
                 written += 1
@@ -192,7 +204,7 @@ def cmd_encode(args) -> int:
         raise ConfigError(f"a {model.method.name} model releases images, not codes: use conceal apply")
     files, skipped = iter_image_files(args.inputs)
     codes, paths = [], []
-    for batch_paths, _, images in _iter_batches(files, model.image_size, args.crop, skipped):
+    for batch_paths, _, images in _iter_batches(files, model.image_size, _model_crop(args.model, args.crop), skipped):
         codes.append(model.encode(images))
         paths += [str(p) for p in batch_paths]
     if not codes:
@@ -330,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 
-    crop_help = "fraction of the shorter side kept by the centre crop (default 1.0: the whole centred square)"
+    crop_help = ("fraction of the shorter side kept by the centre crop (default: the model's training crop, "
+                 "e.g. 1.0 for UTKFace's aligned faces, 0.5 for LFW's photos)")
     ap = sub.add_parser(
         "apply",
         help="re-render faces with chosen attributes",
@@ -344,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (others: unspecified)")
     ap.add_argument("--upscale", action="store_true", help="resize outputs to the input crop's size")
     ap.add_argument("--save-mask", action="store_true", help="masker: also write each released mask as NAME_mask.png")
-    ap.add_argument("--crop", type=float, default=1.0, help=crop_help)
+    ap.add_argument("--crop", type=float, default=None, help=crop_help)
     ap.add_argument("--quiet", action="store_true")
     ap.set_defaults(func=cmd_apply)
 
@@ -352,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("model")
     en.add_argument("inputs", nargs="+", type=Path)
     en.add_argument("-o", "--out", required=True, help="output .npz")
-    en.add_argument("--crop", type=float, default=1.0, help=crop_help)
+    en.add_argument("--crop", type=float, default=None, help=crop_help)
     en.set_defaults(func=cmd_encode)
 
     au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")

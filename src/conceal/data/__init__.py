@@ -10,6 +10,15 @@ from .schema import UTKFACE_SCHEMA, Label, LabelError, LabelSchema
 DATASETS = ("utkface", "lfw", "folder", "synthetic")
 
 
+def default_crop(name: str | None) -> float:
+    """The centre crop (fraction of the shorter side) a dataset uses unless told otherwise (LFW: 0.5)."""
+    if name == "lfw":
+        from .lfw import LFW
+
+        return LFW.default_crop
+    return 1.0
+
+
 def open_dataset(name: str, root: str | Path | None = None, **options):
     """Open a dataset by name. ``root`` is required except for ``synthetic``.
 
@@ -38,6 +47,7 @@ def open_dataset(name: str, root: str | Path | None = None, **options):
 
 __all__ = [
     "DATASETS",
+    "default_crop",
     "SPLITS",
     "DataError",
     "FaceArrays",
