@@ -47,7 +47,7 @@ from .attackers import (
 )
 from .concealer import resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim
-from .report import num, table, timed_steps, with_interval
+from .report import num, table, timed_steps, with_interval, pyplot, save_figure
 
 # The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
 VARIANT_TITLES = {"original": "Original", "aia_no_utility": "AIA\\T", "aia": "AIA"}
@@ -307,18 +307,10 @@ def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge,
 # --------------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _grid_figure(test: FaceArrays, reconstructed: np.ndarray, out_dir: Path, seed: int) -> str:
     """Originals over their reconstructions, like the paper's Fig. 3."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
     fig, axes = plt.subplots(2, len(rows), figsize=(1.2 * len(rows), 2.8), squeeze=False)
     for i, (title, images) in enumerate((("original", test.images[rows]), ("reconstruction", reconstructed[rows]))):
@@ -326,15 +318,11 @@ def _grid_figure(test: FaceArrays, reconstructed: np.ndarray, out_dir: Path, see
         for j in range(len(rows)):
             axes[i, j].imshow(images[j])
             axes[i, j].axis("off")
-    fig.tight_layout()
-    path = out_dir / "grid.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "grid.png")
 
 
 def _privacy_utility_figure(summary: dict, out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     rows = summary["rows"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = [r["row"] for r in rows]
@@ -356,11 +344,7 @@ def _privacy_utility_figure(summary: dict, out_dir: Path) -> str:
     right.set_title("utility: verification (higher = more useful)", fontsize=10)
     right.set_ylabel("accuracy on held-out people's pairs")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "privacy_utility.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "privacy_utility.png")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .attackers import (
     single_threaded,
 )
 from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim
-from .report import timed_steps
+from .report import timed_steps, pyplot, save_figure
 
 TARGET_AGES = (1, 20, 40, 60, 80)
 PREFERRED_TARGET = {"gender": "female", "age": 40, "race": "white"}  # the fixed release of section b
@@ -319,10 +319,7 @@ def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.n
 
 
 def _grid_figure(model, codes, test: FaceArrays, reconstructed, released, female_male, out_dir: Path, seed: int) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
     own = {name: test.labels[name][rows] for name in model.schema.names}
@@ -340,18 +337,11 @@ def _grid_figure(model, codes, test: FaceArrays, reconstructed, released, female
         for i in range(len(rows)):
             axes[i, j].imshow(images[i])
             axes[i, j].axis("off")
-    fig.tight_layout()
-    path = out_dir / "grid.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "grid.png")
 
 
 def _leakage_figure(code_leakage: dict, image_leakage: dict, out_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def best(result: dict, metric: str) -> float:
         return result.get("best", {}).get(metric, np.nan)

@@ -60,7 +60,7 @@ from .attackers import (
 )
 from .concealer import _judge_name, resolve_judges, sample_rows
 from .metrics import classification_metrics, mean_interval
-from .report import attack_tables, num, table, timed_steps, with_interval
+from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 
 RELEASE_KEYS = ("original", "block_center", "blur_center", "pixelate", "masker")  # the paper's row order
 VARIANT_TITLES = {"adversarial": "Masker", "non_adversarial": "Masker (non-adv.)"}
@@ -315,18 +315,10 @@ def _table(titles: dict[str, str], task: str, task_accuracy: dict, identity: dic
 # --------------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _grid_figure(model: Masker, test: FaceArrays, releases: dict[str, np.ndarray], titles: dict[str, str], out_dir: Path, seed: int) -> str:
     """A row per face: original, soft mask m, released mask m_topK, then every release (the paper's Figs. 2-3)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
     with torch.inference_mode():
         soft, kept = (m[:, 0].numpy() for m in model.generator.masks(to_tensor_images(test.images[rows], model.generator.device)))
@@ -338,29 +330,21 @@ def _grid_figure(model: Masker, test: FaceArrays, releases: dict[str, np.ndarray
         for i in range(len(rows)):
             axes[i, j].imshow(images[i], cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
             axes[i, j].axis("off")
-    fig.tight_layout()
-    path = out_dir / "grid.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "grid.png")
 
 
 def _mean_mask_figure(mean_mask: np.ndarray, keep: float, out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3.4, 3.0))
     shown = ax.imshow(mean_mask, cmap="magma", vmin=0)
     fig.colorbar(shown, ax=ax, fraction=0.046)
     ax.set_title(f"mean released mask m_topK (K {keep:.0%})", fontsize=8)
     ax.axis("off")
-    fig.tight_layout()
-    path = out_dir / "mean_mask.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "mean_mask.png")
 
 
 def _table_figure(summary: dict, identity: dict, out_dir: Path) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     rows = summary["rows"]
     names = [r["row"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -385,11 +369,7 @@ def _table_figure(summary: dict, identity: dict, out_dir: Path) -> str:
     right.set_xticks(x, names, rotation=25, ha="right", fontsize=7)
     right.set_title("privacy: face similarity to the original (lower = more private)", fontsize=9)
     right.set_ylabel("dlib embedding cosine")
-    fig.tight_layout()
-    path = out_dir / "table.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, out_dir, "table.png")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,7 +518,7 @@ def compare_maskers(report_jsons: list[str | Path], plot: str | Path | None = No
 
 
 def _sweep_figure(baselines: list[dict], models: list[tuple[dict, dict]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     measures = ((lambda r: r["task"].get("balanced_accuracy", np.nan), "fresh CNN task balanced accuracy"),
                 (lambda r: ((r.get("face") or {}).get("cosine") or {}).get("mean", np.nan), "face similarity (dlib cosine)"))

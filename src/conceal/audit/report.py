@@ -29,6 +29,24 @@ DECIMALS = 4
 
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (audits run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out_dir: Path, name: str) -> str:
+    """Lay out, write ``out_dir/name`` at 100 dpi and close ``fig``; returns the name report.md links to."""
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / name, dpi=100)
+    pyplot().close(fig)
+    return name
+
+
 def timed_steps(timings: dict[str, float], log: Callable[[str], None]):
     """``with step(name, message):`` logs the message, runs the block and records its seconds in ``timings``
     (the report's Timings section). One per audit: ``step = timed_steps(sections["timings"], log)``."""
