@@ -66,3 +66,18 @@ def tiny_saved_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
         write_model_files(root / name, method, cfg)
         out[name] = root / name
     return out
+
+
+@pytest.fixture(scope="session")
+def masker_run(tmp_path_factory) -> Path:
+    """A tiny masker (task smile, K 0.25) trained for one short epoch on 600 synthetic faces (a run directory)."""
+    from conceal.cli import main
+
+    run = tmp_path_factory.mktemp("masker_run")
+    rc = main([
+        "train", "masker", "--dataset", "synthetic", "--set", "model.task=smile", "--set", "data.synthetic_n=600",
+        "--size", "32", "--epochs", "1", "--batch-size", "32", "--set", "model.masker_width=4",
+        "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1", "-o", str(run), "--no-progress",
+    ])
+    assert rc == 0
+    return run

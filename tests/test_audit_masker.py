@@ -39,21 +39,6 @@ def test_rank1_finds_the_nearest_gallery_person():
 
 
 @pytest.fixture(scope="module")
-def masker_run(tmp_path_factory):
-    """A tiny masker (task smile, K 0.25) trained for one short epoch on synthetic faces."""
-    from conceal.cli import main
-
-    run = tmp_path_factory.mktemp("masker_audit_run")
-    rc = main([
-        "train", "masker", "--dataset", "synthetic", "--set", "model.task=smile", "--set", "data.synthetic_n=600",
-        "--size", "32", "--epochs", "1", "--batch-size", "32", "--set", "model.masker_width=4",
-        "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1", "-o", str(run), "--no-progress",
-    ])
-    assert rc == 0
-    return run
-
-
-@pytest.fixture(scope="module")
 def audited(masker_run, tmp_path_factory):
     from conceal.audit import run_audit
 

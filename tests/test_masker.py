@@ -156,18 +156,6 @@ def test_baselines_keep_shape_and_touch_what_they_say(synthetic_small):
 # --- API and CLI ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def masker_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("masker_run")
-    rc = main([
-        "train", "masker", "--dataset", "synthetic", "--set", "model.task=smile", "--set", "data.synthetic_n=200",
-        "--size", "32", "--epochs", "1", "--batch-size", "32", "--set", "model.masker_width=4",
-        "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1", "-o", str(run), "--no-progress",
-    ])
-    assert rc == 0
-    return run
-
-
 def test_api_releases_exactly_the_top_k_pixels(masker_run, synthetic_small):
     from conceal.methods import load_api
 

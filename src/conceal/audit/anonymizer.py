@@ -46,7 +46,7 @@ from .attackers import (
     split_halves,
 )
 from .concealer import resolve_judges, sample_rows
-from .metrics import mean_interval, psnr, ssim
+from .metrics import mean_interval, psnr, ssim, unrelated_partners
 from .report import num, table, timed_steps, with_interval, pyplot, save_figure
 
 # The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
@@ -279,12 +279,7 @@ def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge,
     from .judges import SAME_PERSON_DISTANCE
 
     originals = judge.embed(test.images[rows])
-    # A different person for each face: the next one in a seeded cycle; pairs sharing a known identity are dropped.
-    order = np.random.default_rng([seed, 3]).permutation(len(rows))
-    partner = np.empty_like(order)
-    partner[order] = np.roll(order, -1)
-    ids = test.identity[rows]
-    other = (ids < 0) | (ids != ids[partner])
+    partner, other = unrelated_partners(test.identity[rows], seed)  # context: a different person for each face
 
     def similarity(a: np.ndarray, b: np.ndarray) -> dict:
         distance = np.linalg.norm(a - b, axis=1)

@@ -41,7 +41,7 @@ from .attackers import (
     pixel_baseline,
     single_threaded,
 )
-from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim
+from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim, unrelated_partners
 from .report import timed_steps, pyplot, save_figure
 
 TARGET_AGES = (1, 20, 40, 60, 80)
@@ -291,12 +291,7 @@ def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.n
 
     threshold = getattr(judge_module, "SAME_PERSON_DISTANCE", 0.6)
     originals = judge.embed(test.images[rows])  # (n, 128)
-    # Partner = the next face in a seeded cycle: never itself; pairs that share a known identity are dropped.
-    order = np.random.default_rng([seed, 3]).permutation(len(rows))
-    partner = np.empty_like(order)
-    partner[order] = np.roll(order, -1)
-    ids = test.identity[rows]
-    other = (ids < 0) | (ids != ids[partner])
+    partner, other = unrelated_partners(test.identity[rows], seed)  # context: an unrelated face
 
     def similarity(a: np.ndarray, b: np.ndarray) -> dict:
         distance = np.linalg.norm(a - b, axis=1)

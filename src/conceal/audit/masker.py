@@ -59,7 +59,7 @@ from .attackers import (
     single_threaded,
 )
 from .concealer import _judge_name, resolve_judges, sample_rows
-from .metrics import classification_metrics, mean_interval
+from .metrics import classification_metrics, mean_interval, unrelated_partners
 from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 
 RELEASE_KEYS = ("original", "block_center", "blur_center", "pixelate", "masker")  # the paper's row order
@@ -242,12 +242,7 @@ def _identity(test: FaceArrays, releases: dict[str, np.ndarray], judge, rows: np
     from .judges import SAME_PERSON_DISTANCE
 
     originals = judge.embed(test.images[rows])  # (n, 128)
-    # Context: an unrelated face (the next one in a seeded cycle; pairs sharing a known identity dropped).
-    order = np.random.default_rng([seed, 3]).permutation(len(rows))
-    partner = np.empty_like(order)
-    partner[order] = np.roll(order, -1)
-    ids = test.identity[rows]
-    other = (ids < 0) | (ids != ids[partner])
+    partner, other = unrelated_partners(test.identity[rows], seed)  # context: an unrelated face
     result: dict[str, Any] = {
         "judge": _judge_name(judge),
         "n_faces": len(rows),

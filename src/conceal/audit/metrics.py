@@ -71,6 +71,18 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+def unrelated_partners(identity: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context pairs for similarity judges: each row's partner is the next row in a seeded cycle (never itself).
+
+    identity (n,) int64, -1 = unknown. Returns (partner (n,) row positions, keep (n,) bool): pairs that share a
+    known identity are dropped, so what is kept is a pair of two different people as far as the data knows.
+    """
+    order = np.random.default_rng([seed, 3]).permutation(len(identity))
+    partner = np.empty_like(order)
+    partner[order] = np.roll(order, -1)
+    return partner, (identity < 0) | (identity != identity[partner])
+
+
 def chance_balanced_accuracy(y: np.ndarray) -> float:
     """Balanced accuracy of any guess that ignores the input: 1 / (number of classes present in ``y``)."""
     k = len(np.unique(np.asarray(y)))
