@@ -442,6 +442,63 @@ def compare_anonymizers(report_jsons: list[str | Path]) -> str:
     return "\n".join(lines + table(TABLE_HEADER, cells)) + "\n"
 
 
+def tradeoff_points(report_jsons: list[str | Path]) -> list[dict]:
+    """Each report.json -> α, β (as trained, after the variant's switches) and the model row's privacy and
+    utility (best fresh attacker's balanced accuracy and AUC; Siamese verification accuracy and AUC)."""
+    points = []
+    for path in report_jsons:
+        report = json.loads(Path(path).read_text())
+        cfg = report["provenance"]["model_config"]
+        variant = cfg.get("variant", "aia")
+        alpha = 0.0 if variant in ("original", "aia_no_utility") else float(cfg.get("alpha", 0.5))
+        beta = 0.0 if variant == "original" else float(cfg.get("beta", 0.5))
+        row = report["privacy_utility"]["rows"][0]
+        utility = (row["utility"] or {}).get("siamese", {})
+        points.append({
+            "alpha": alpha, "beta": beta, "report": str(path),
+            "privacy_balanced_accuracy": row["privacy"].get("balanced_accuracy"),
+            "privacy_balanced_accuracy_std": row["privacy"].get("balanced_accuracy_std"),
+            "privacy_auc": row["privacy"].get("auc"),
+            "majority_accuracy": row["privacy"].get("majority_accuracy"),
+            "utility_accuracy": utility.get("accuracy"), "utility_auc": utility.get("auc"),
+        })
+    return points
+
+
+def tradeoff_markdown(report_jsons: list[str | Path]) -> str:
+    """The α/β sweep as one markdown table (privacy ↓ and utility ↑ per point), like the paper's Fig. 2 data."""
+    points = tradeoff_points(report_jsons)
+    header = ["α", "β", "gender bal. acc ↓ (best fresh attacker)", "gender AUC ↓", "majority acc",
+              "verification acc ↑", "verification AUC ↑"]
+    rows = [[f"{p['alpha']:g}", f"{p['beta']:g}",
+             num(p["privacy_balanced_accuracy"]) + (f" ± {num(p['privacy_balanced_accuracy_std'])}" if p["privacy_balanced_accuracy_std"] else ""),
+             num(p["privacy_auc"]), num(p["majority_accuracy"]), num(p["utility_accuracy"]), num(p["utility_auc"])]
+            for p in points]
+    return "\n".join(table(header, rows)) + "\n"
+
+
+def tradeoff_figure(report_jsons: list[str | Path], path: str | Path, held: float = 0.5) -> str:
+    """The paper's Fig. 2: privacy (gender AUC of the best fresh attacker) and utility (verification AUC)
+    against α with β held at ``held``, and against β with α held at ``held``. Returns the PNG's path."""
+    points = tradeoff_points(report_jsons)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, swept, other in ((axes[0], "alpha", "beta"), (axes[1], "beta", "alpha")):
+        line = sorted((p for p in points if p[other] == held), key=lambda p: p[swept])
+        xs = [p[swept] for p in line]
+        ax.plot(xs, [p["privacy_auc"] for p in line], "o-", color="tab:red", label="privacy: gender AUC (fresh attacker) ↓")
+        ax.plot(xs, [p["utility_auc"] for p in line], "s-", color="tab:blue", label="utility: verification AUC ↑")
+        ax.axhline(0.5, color="k", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xlabel(f"{'α' if swept == 'alpha' else 'β'} ({'β' if swept == 'alpha' else 'α'} = {held:g})")
+        ax.set_ylim(0.4, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AUC")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    return save_figure(fig, path.parent, path.name)
+
+
 # --------------------------------------------------------------------------------------------------
 # The audit
 # --------------------------------------------------------------------------------------------------
