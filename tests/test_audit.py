@@ -4,6 +4,7 @@ audit of a tiny concealer writes a complete report with or without the judges.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from conceal.audit.attackers import attack_images, attack_vectors, audit_vectors, combine, pixel_baseline, split_halves
 from conceal.audit.judges import judges_available
 from conceal.audit.metrics import classification_metrics, mean_interval, psnr, regression_metrics, ssim
-from conceal.audit.report import render_markdown, to_plain, write_report
+from conceal.audit.report import num, render_markdown, to_plain, write_report
 from conceal.data.schema import AGE, GENDER, RACE, LabelSchema
 
 SCHEMA = LabelSchema((AGE, GENDER, RACE))
@@ -173,6 +174,69 @@ def test_report_is_strict_json_with_baselines_in_the_markdown(tmp_path):
     assert "majority acc" in text and "chance bal. acc" in text and "mean-guess MAE" in text
     assert "## extra" in text  # unknown sections still appear
     assert render_markdown(to_plain(sections)) == text
+
+
+# --- several concealer audits side by side --------------------------------------------------------
+
+SHIPPED_REPORT = Path(__file__).resolve().parents[1] / "models" / "concealer-utkface-64" / "audit" / "report.json"
+
+
+def _variant(tmp_path, name: str, **config) -> Path:
+    """The shipped concealer's report.json under another model_config (its numbers nudged, to tell rows apart)."""
+    report = json.loads(SHIPPED_REPORT.read_text())
+    report["provenance"]["model_config"] |= config
+    mlp = report["code_leakage"]["labels"]["gender"]["codes"]["attackers"]["mlp"]["balanced_accuracy"]
+    mlp["mean"] = 0.5 + 0.001 * config.get("latent", 48)
+    report["rendering"]["avg_age_rmse"] = 10 + config.get("latent", 48) / 100
+    path = tmp_path / name / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_compare_concealers_puts_each_latent_beside_the_paper(tmp_path):
+    from conceal.audit.concealer import PAPER_REFERENCE, compare_concealers
+
+    paths = [_variant(tmp_path, "c100", latent=100, eraser_rank=0), _variant(tmp_path, "c48", latent=48)]
+    text = compare_concealers(paths)
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and " | RMSE | " in line]
+    assert [r[0].lstrip("| ") for r in rows] == ["latent 48 + eraser (rank 14)", "latent 100", f"paper: {PAPER_REFERENCE['source']}"]
+    assert rows[0][7] == "10.48" and rows[1][7] == "11.00" and rows[2][7] == num(PAPER_REFERENCE["avg_age_rmse"], 2)
+    assert rows[0][2:7] == ["9.55", "8.35", "9.18", "14.93", "22.03"] and rows[2][2:7] == ["—"] * 5  # the paper's row: only its averages
+    leakage = [line for line in text.splitlines() if line.startswith("| latent ") and "(mlp)" in line]
+    assert [line.split(" | ")[1] for line in leakage] == ["0.479 / 0.548", "0.479 / 0.600"]
+    assert "original faces" in text and "Not like for like" not in text
+    assert text.count("| latent 100 | ") == 2 + 3 + 1  # RMSE, MAE; female, male, both; leakage
+
+    other = json.loads(paths[0].read_text())
+    other["provenance"]["n_test_faces"] = 500
+    paths[0].write_text(json.dumps(other))
+    assert "Not like for like" in compare_concealers(paths)
+
+
+def test_leakage_sweep_figure_draws_only_what_varies(tmp_path):
+    from conceal.audit.concealer import leakage_sweep_figure
+
+    paths = [_variant(tmp_path, "c100", latent=100), _variant(tmp_path, "c48", latent=48), _variant(tmp_path, "c64", latent=64)]
+    figure = leakage_sweep_figure(paths, tmp_path / "latent.png")
+    assert figure == str(tmp_path / "latent.png") and (tmp_path / "latent.png").read_bytes()[:4] == b"\x89PNG"
+    assert leakage_sweep_figure(paths, tmp_path / "kl.png", by="kl_weight") is None and not (tmp_path / "kl.png").exists()
+    with pytest.raises(ValueError, match="by must be one of"):
+        leakage_sweep_figure(paths, tmp_path / "x.png", by="width")
+
+
+def test_concealer_compare_script_writes_the_tables_and_figures(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "concealer_compare.py"
+    spec = importlib.util.spec_from_file_location("concealer_compare", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    paths = [_variant(tmp_path, "c100", latent=100, kl_weight=0.5), _variant(tmp_path, "c48", latent=48)]
+    module.main([*map(str, paths), "-o", str(tmp_path / "out" / "compare")])
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "Table 1" in text and "(compare_latent.png)" in text and "(compare_kl_weight.png)" in text
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["compare_kl_weight.png", "compare_latent.png"]  # eraser rank: 14 in both
 
 
 # --- end to end -----------------------------------------------------------------------------------

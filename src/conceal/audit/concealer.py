@@ -16,11 +16,15 @@ e. ``judge_calibration``: the age/gender judge's own error on the raw test faces
    can be read against it.
 f. ``figures``: an image grid and a leakage bar chart.
 
+Several audits side by side: ``compare_concealers`` (the paper's Table 1 layout and a leakage table) and
+``leakage_sweep_figure`` (code leakage against latent size, KL weight, latent-critic weight or eraser rank).
+
 The judges are optional: when one is unavailable its sections say why, and the attackers still run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +46,7 @@ from .attackers import (
     single_threaded,
 )
 from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim, unrelated_partners
-from .report import timed_steps, pyplot, save_figure
+from .report import num, pyplot, save_figure, table, timed_steps
 
 TARGET_AGES = (1, 20, 40, 60, 80)
 PREFERRED_TARGET = {"gender": "female", "age": 40, "race": "white"}  # the fixed release of section b
@@ -374,6 +378,267 @@ def _leakage_figure(code_leakage: dict, image_leakage: dict, out_dir: Path) -> s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Several audits side by side
+# --------------------------------------------------------------------------------------------------
+
+# model_config key -> axis title of leakage_sweep_figure
+SWEEPS = {
+    "latent": "latent size (code dimension)",
+    "kl_weight": "KL weight",
+    "critic_weight": "latent-critic weight",
+    "eraser_rank": "post-hoc eraser rank (0 = none)",
+}
+
+
+def _config(report: dict) -> dict:
+    return report.get("provenance", {}).get("model_config") or {}
+
+
+def sweep_value(cfg: dict, by: str):
+    """The swept hyperparameter of a model_config (an eraser rank of None counts as 0: no eraser)."""
+    if by == "eraser_rank":
+        return int(cfg.get(by) or 0)
+    return cfg.get(by)
+
+
+def concealer_title(cfg: dict) -> str:
+    """A concealer by its latent size, plus the post-hoc eraser when it has one."""
+    title = f"latent {cfg.get('latent', '?')}"
+    return f"{title} + eraser (rank {cfg['eraser_rank']})" if cfg.get("eraser_rank") else title
+
+
+def _titles(reports: list[dict]) -> list[str]:
+    """Row titles: latent size (and eraser rank), plus whatever else of model_config differs between the reports."""
+    configs = [_config(r) for r in reports]
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c)
+            if k not in ("latent", "eraser_rank") and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    titles = []
+    for cfg in configs:
+        extra = ", ".join(f"{k} {'+'.join(map(str, v)) if isinstance(v, list) else v}" for k in keys for v in [cfg.get(k)])
+        titles.append(concealer_title(cfg) + (f", {extra}" if extra else ""))
+    return [f"{t} #{i + 1}" if titles.count(t) > 1 else t for i, t in enumerate(titles)]
+
+
+def _mean(result: dict | None, attacker: str | None, metric: str):
+    return ((result or {}).get("attackers", {}).get(attacker) or {}).get(metric, {}).get("mean")
+
+
+def _best(result: dict | None) -> str | None:
+    return (result or {}).get("best", {}).get("attacker")
+
+
+def _class_cell(result: dict | None, kept: bool = False) -> str:
+    """Best attacker's balanced accuracy / macro-AUC: "0.252 / 0.558 (mlp)"."""
+    if result is None:
+        return "—"
+    if "skipped" in result:
+        return "skipped"
+    best = _best(result)
+    text = f"{num(_mean(result, best, 'balanced_accuracy'))} / {num(_mean(result, best, 'auc'))} ({best})"
+    return text + (" (kept)" if kept else "")
+
+
+def _age_cell(result: dict | None, kept: bool = False) -> str:
+    """Best attacker's MAE / the mean-guess MAE: "15.8 / 15.7 (linear)"."""
+    if result is None:
+        return "—"
+    if "skipped" in result:
+        return "skipped"
+    best = _best(result)
+    text = f"{num(_mean(result, best, 'mae'), 1)} / {num(_mean(result, 'baseline', 'mae'), 1)} ({best})"
+    return text + (" (kept)" if kept else "")
+
+
+def _linear_mlp_cell(result: dict | None, kept: bool = False) -> str:
+    """Balanced accuracy of the linear and the MLP attacker: "0.512 / 0.593"."""
+    if result is None:
+        return "—"
+    if "skipped" in result:
+        return "skipped"
+    text = f"{num(_mean(result, 'linear', 'balanced_accuracy'))} / {num(_mean(result, 'mlp', 'balanced_accuracy'))}"
+    return text + (" (kept)" if kept else "")
+
+
+def _leakage_cells(report: dict, on_codes: str, on_images: str) -> list[str]:
+    """One report's leakage cells: gender, race, age on the codes (or the pixel reference), then on the
+    released (or the original) images."""
+    codes = report.get("code_leakage", {}).get("labels", {})
+    images = report.get("image_leakage", {}).get("labels", {})
+    kept = {n: not r.get("concealed", True) for n, r in codes.items()}
+    code = {n: codes.get(n, {}).get(on_codes) for n in ("gender", "race", "age")}
+    image = {n: images.get(n, {}).get(on_images) for n in ("gender", "race", "age")}
+    return [_linear_mlp_cell(code["gender"], kept.get("gender")), _class_cell(code["race"], kept.get("race")),
+            _age_cell(code["age"], kept.get("age")), _class_cell(image["gender"]), _class_cell(image["race"]), _age_cell(image["age"])]
+
+
+def _rendering_rows(title: str, rendering: dict, calibration: dict, ages: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """One report's rows of the age table (RMSE, MAE) and of the gender table (female, male, both)."""
+    if "skipped" in rendering or not rendering:
+        reason = f"skipped: {rendering.get('skipped', 'no rendering section')}"
+        return ([[title, reason] + [""] * (len(ages) + 2)], [[title, reason] + [""] * (len(ages) + 3)])
+    per_age = rendering.get("per_age", {})
+    judge_mae = num(calibration.get("age_mae"), 2)
+    age_rows = [[title, metric.upper(), *(num(per_age.get(a, {}).get(metric), 2) for a in ages),
+                 num(rendering.get(f"avg_age_{metric}"), 2), judge_mae] for metric in ("rmse", "mae")]
+    targets = rendering.get("targets", [])
+
+    def agreement(rows: list[dict], key: str = "gender_agreement", n: str = "n") -> str:
+        weights = [(t[key]["mean"], t[n]) for t in rows if t.get(key) and t[key].get("mean") is not None and t[n]]
+        total = sum(w for _, w in weights)
+        return num(sum(m * w for m, w in weights) / total) if total else "n/a"
+
+    gender_rows = []
+    for gender in ("female", "male", "both"):
+        mine = [t for t in targets if gender == "both" or t["gender"] == gender]
+        cells = [agreement([t for t in mine if str(t["age"]) == a]) for a in ages]
+        if gender == "both":
+            overall = [num(rendering.get("gender_agreement", {}).get("mean")), num(rendering.get("gender_agreement_flips", {}).get("mean"))]
+        else:
+            overall = [agreement(mine), agreement(mine, "gender_agreement_flips", "n_flips")]
+        gender_rows.append([title, gender, *cells, *overall, num(calibration.get("gender_accuracy"))])
+    return age_rows, gender_rows
+
+
+def _paper_rows(paper: dict, ages: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """The paper's rows, with only the numbers ``paper`` records ("—" elsewhere)."""
+    title = f"paper: {paper['source']}"
+    per_age = paper.get("per_age", {})
+    age_rows = [[title, metric.upper(), *(num(per_age.get(a, {}).get(metric), 2) if per_age.get(a) else "—" for a in ages),
+                 num(paper.get(f"avg_age_{metric}"), 2), "—"] for metric in ("rmse", "mae")]
+    gender = paper.get("gender_agreement")  # {"female": {age: value}, ...} when the constant records it
+    gender_rows = []
+    if gender:
+        for who in ("female", "male", "both"):
+            if who in gender:
+                gender_rows.append([title, who, *(num(gender[who].get(a)) if gender[who].get(a) is not None else "—" for a in ages),
+                                    num(gender[who].get("all")), "—", "—"])
+    return age_rows, gender_rows
+
+
+def compare_concealers(report_jsons: list[str | Path]) -> str:
+    """Several concealer audits' report.json -> markdown: (a) the judged renders in the layout of the paper's
+    Table 1 (age RMSE and MAE per target age and on average, gender agreement per target), one row per
+    report by latent size (and eraser rank), beside the paper's own numbers as far as ``PAPER_REFERENCE``
+    records them; (b) what fresh attackers read from the codes and the released images, and reconstruction.
+    Rows are sorted by latent size, then eraser rank."""
+    paths = [Path(p) for p in report_jsons]
+    if not paths:
+        raise ValueError("compare_concealers needs at least one report.json")
+    reports = [json.loads(p.read_text()) for p in paths]
+    not_concealer = [str(p) for p, r in zip(paths, reports) if r.get("provenance", {}).get("method") != "concealer"]
+    if not_concealer:
+        raise ValueError(f"not concealer audits: {', '.join(not_concealer)}")
+    order = sorted(range(len(reports)),
+                   key=lambda i: (_config(reports[i]).get("latent") or 0, sweep_value(_config(reports[i]), "eraser_rank"), i))
+    paths, reports = [paths[i] for i in order], [reports[i] for i in order]
+    titles = _titles(reports)
+
+    lines = ["# Concealer audits side by side", ""]
+    lines += [f"- **{t}**: `{p}` (model `{r['provenance'].get('model')}`, epoch {r['provenance'].get('model_epoch')})"
+              for t, p, r in zip(titles, paths, reports)] + [""]
+    audited = sorted({(r["provenance"].get("dataset"), r["provenance"].get("split"), r["provenance"].get("n_test_faces"),
+                       r["provenance"].get("seed")) for r in reports}, key=str)
+    if len(audited) > 1:
+        lines += [f"> **Not like for like**: the reports audited different data (dataset, split, test faces, seed): {audited}.", ""]
+    judges = sorted({r.get("rendering", {}).get("judge") for r in reports if r.get("rendering", {}).get("judge")})
+    if len(judges) > 1:
+        lines += [f"> **Not like for like**: the renders were read by different judges: {judges}.", ""]
+
+    # (a) the paper's Table 1
+    ages = sorted({a for r in reports for a in r.get("rendering", {}).get("per_age", {})} or {str(a) for a in TARGET_AGES}, key=float)
+    age_rows, gender_rows = [], []
+    for title, report in zip(titles, reports):
+        a, g = _rendering_rows(title, report.get("rendering", {}), report.get("judge_calibration", {}), ages)
+        age_rows += a
+        gender_rows += g
+    paper_age, paper_gender = _paper_rows(PAPER_REFERENCE, ages)
+    lines += ["## Judged renders, as the paper's Table 1", "",
+              ("Each sampled test face decoded as female and as male at every target age, read by the independent "
+               "age/gender judge. Age: RMSE and MAE in years between the requested and the judged age, both genders "
+               "pooled, beside the judge's own age MAE on the real faces. "
+               f"Paper: {PAPER_REFERENCE['note']}; only the numbers the paper's row records are shown."), ""]
+    lines += table(["model", "age error", *ages, "average", "judge's age MAE on real faces"], age_rows + paper_age) + [""]
+    lines += [("Gender agreement: the judge reads the requested gender (chance 0.5), per target age and over all ages; "
+               "flips = requests for the gender opposite to the face's own."), ""]
+    lines += table(["model", "render", *ages, "all ages", "flips, all ages", "judge's gender acc on real faces"], gender_rows + paper_gender) + [""]
+
+    # (b) leakage
+    rows = []
+    references: dict[int, list[str]] = {}
+    for title, report in zip(titles, reports):
+        reconstruction = report.get("reconstruction", {})
+        rows.append([title, *_leakage_cells(report, "codes", "released"), num(reconstruction.get("psnr", {}).get("mean"), 2),
+                     num(reconstruction.get("ssim", {}).get("mean"))])
+        dim = report.get("code_leakage", {}).get("code_dim")
+        references.setdefault(dim, [f"original faces (pixels by PCA to {dim}; raw images)",
+                                    *_leakage_cells(report, "original", "original"), "—", "—"])
+    first = reports[0].get("code_leakage", {}).get("labels", {})
+    chance = {n: first.get(n, {}).get("codes", {}).get("chance_balanced_accuracy") for n in ("gender", "race")}
+    lines += ["## What fresh attackers read", "",
+              ("Attackers trained after the fact on one half of the audited faces, scored on the other (codes: mean over "
+               "the audit's seeds). Classes: balanced accuracy (gender: linear / MLP attacker; race: best attacker's "
+               "balanced accuracy / macro-AUC), lower = less leak; "
+               f"chance: gender {num(chance['gender'])}, race {num(chance['race'])}, AUC 0.5. Age: best attacker's MAE / "
+               "the mean-guess MAE in years, higher = less leak. Released images: every face rendered as the audit's "
+               "fixed target, attacked by a fresh CNN and pixel-PCA vector attackers (best of each attacked set shown). "
+               "Reconstruction: decoded with the true labels. The original rows show what there was to hide."), ""]
+    header = ["model", "codes: gender bal. acc (linear / MLP) ↓", "codes: race bal. acc / AUC ↓", "codes: age MAE / mean-guess ↑",
+              "released: gender bal. acc / AUC ↓", "released: race bal. acc / AUC ↓", "released: age MAE / mean-guess ↑",
+              "PSNR (dB) ↑", "SSIM ↑"]
+    lines += table(header, rows + list(references.values())) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def leakage_sweep_figure(report_jsons: list[str | Path], path: str | Path, by: str = "latent") -> str | None:
+    """Code leakage against one hyperparameter of model_config (``by``: latent, kl_weight, critic_weight or
+    eraser_rank): the best fresh attacker's gender balanced accuracy and race macro-AUC on the codes (bars:
+    std over the audit's seeds), one point per report, beside chance and the raw-pixel reference. Writes
+    ``path`` and returns it; returns None and writes nothing when the reports hold fewer than 2 distinct values."""
+    if by not in SWEEPS:
+        raise ValueError(f"by must be one of {', '.join(SWEEPS)}, not {by!r}")
+    points = []
+    for p in report_jsons:
+        report = json.loads(Path(p).read_text())
+        value = sweep_value(_config(report), by)
+        if value is not None and "code_leakage" in report:
+            points.append((float(value), report["code_leakage"]["labels"]))
+    if len({x for x, _ in points}) < 2:
+        return None
+    points.sort(key=lambda point: point[0])
+    xs = [x for x, _ in points]
+    panels = (("gender", "balanced_accuracy", "gender: balanced accuracy ↓"), ("race", "auc", "race: macro-AUC ↓"))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (label, metric, ylabel) in zip(axes, panels):
+        for source, style, color, name in (("codes", "o-", "tab:red", "codes (best fresh attacker)"),
+                                           ("original", "s:", "tab:gray", "raw pixels by PCA to the code size")):
+            results = [labels.get(label, {}).get(source) or {} for _, labels in points]
+            scores = [(r.get("attackers", {}).get(_best(r)) or {}).get(metric) or {} for r in results]
+            means = [np.nan if s.get("mean") is None else s["mean"] for s in scores]
+            stds = [s.get("std") or 0.0 for s in scores]
+            ax.errorbar(xs, means, yerr=stds, fmt=style, color=color, capsize=3, label=name)
+        if metric == "auc":
+            chance = 0.5
+        else:
+            chances = [(labels.get(label, {}).get("codes") or {}).get("chance_balanced_accuracy") for _, labels in points]
+            chance = next((c for c in chances if c is not None), None)
+        if chance is not None:
+            ax.axhline(chance, color="k", linestyle="--", linewidth=0.8, label="chance")
+        if by in ("kl_weight", "critic_weight") and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
+        ax.set_xlabel(SWEEPS[by])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"What a fresh attacker reads from the concealed codes, against the {SWEEPS[by].split(' (')[0]}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path.parent, path.name)
+    return str(path)
 
 
 # --------------------------------------------------------------------------------------------------
