@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
+import torch
 
-from conceal.bench import BenchConfig, find_models
-from conceal.cli import main
+from conceal import bench
+from conceal.bench import (
+    QUICK,
+    BenchConfig,
+    MatmulPeak,
+    MatmulSize,
+    find_models,
+    matmul_peak,
+    peak_difference,
+    profile_inference,
+)
+from conceal.cli import METHOD_NAMES, main
+from conceal.methods import METHODS
 
-SECTIONS = ("# conceal benchmarks", "## Headline ratios", "## Machine", "## Inference", "## End-to-end apply", "## Training", "## Memory")
+SECTIONS = ("# conceal benchmarks", "## Headline ratios", "## Machine", "## Matmul peak", "## Inference", "## Profile",
+            "## End-to-end apply", "## Training", "## Memory")
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys):
+def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys, monkeypatch):
+    # The real matmul peak, but the second measurement (after the models) halved: the run must be flagged noisy.
+    measured = []
+
+    def halved_after(counts, threads):
+        peak = matmul_peak(counts, threads)
+        if measured:
+            peak.sizes = [dataclasses.replace(s, gflops=[g / 2 for g in s.gflops]) for s in peak.sizes]
+        measured.append(peak)
+        return peak
+
+    monkeypatch.setattr(bench, "matmul_peak", halved_after)
     out = tmp_path / "bench" / "RESULTS.md"
     dirs = [str(tiny_saved_models[name]) for name in sorted(tiny_saved_models)]
     assert main(["bench", "--quick", "--threads", "1", "--models", *dirs, "-o", str(out)]) == 0
@@ -23,9 +48,81 @@ def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys):
         assert f"\n{heading}\n" in f"\n{report}", heading
     for name in tiny_saved_models:  # a row per model in the headline, inference, apply and training tables
         assert report.count(f"| {name} |") >= 3 and f"conceal apply {name}" in report
-    for measured in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "apply / blur", "data wait", "peak RSS (MiB)"):
-        assert measured in report
+    for measured_text in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "apply / blur", "data wait", "peak RSS (MiB)"):
+        assert measured_text in report
     assert not re.search(r"\b(nan|inf)\b", report)
+    assert "--threads 1" in report  # the recorded command repeats the thread setting
+
+    # Matmul peak: both measurements, every size, one peak row each, with the models' thread setting.
+    assert [m.threads for m in measured] == [1, 1]
+    section = report.split("## Matmul peak")[1].split("\n## ")[0]
+    for when in ("before", "after"):
+        for n in QUICK.matmul_sizes:
+            assert f"| {when} | {n} |" in section
+        assert len(re.findall(rf"\| {when} \| \d+ \| \d+ \| [\d.]+ \(peak\) \|", section)) == 1
+    assert "**Noisy run**" in report and "**noisy**" in section
+    assert f"Peak used: {max(m.gflops for m in measured):.1f} GFLOP/s" in section
+
+    # Profile: the concealer only (the default), eager and channels_last, a by-layer line and at most 10 ops each.
+    section = report.split("## Profile")[1].split("\n## ")[0]
+    assert section.count("### ") == 2 and "### concealer, eager" in section and "### concealer, channels_last" in section
+    assert section.count("By layer: ") == 2 and "conv2d" in section
+    assert 2 <= section.count("| `aten::") <= 20
+
+
+@pytest.mark.slow
+def test_quick_bench_without_profile(tiny_saved_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "run_benchmarks", lambda cfg: f"profile={cfg.profile} command={cfg.command}")
+    out = tmp_path / "r.md"
+    model = str(tiny_saved_models["masker"])
+    assert main(["bench", "--quick", "--no-profile", "--models", model, "-o", str(out)]) == 0
+    assert out.read_text().startswith("profile=[] command=conceal bench --models") and "--no-profile" in out.read_text()
+    assert main(["bench", "--quick", "--profile", "masker", "concealer", "--models", model, "-o", str(out)]) == 0
+    assert out.read_text().startswith("profile=['masker', 'concealer']")
+    assert main(["bench", "--quick", "--profile", "--models", model, "-o", str(out)]) == 0
+    assert out.read_text().startswith(f"profile={list(METHOD_NAMES)}")
+
+
+def test_bench_profile_choices_are_the_methods():
+    assert list(METHOD_NAMES) == sorted(METHODS)
+
+
+def test_matmul_peak_is_the_best_sizes_median_with_the_given_threads():
+    before = torch.get_num_threads()
+    try:
+        peak = matmul_peak(dataclasses.replace(QUICK, matmul_sizes=(16, 32), matmul_repeats=3), threads=1)
+        assert torch.get_num_threads() == 1 and peak.threads == 1
+    finally:
+        torch.set_num_threads(before)
+    assert [s.n for s in peak.sizes] == [16, 32]
+    assert all(len(s.gflops) == 3 and s.per_repeat >= 1 and min(s.gflops) > 0 for s in peak.sizes)
+    assert peak.gflops == max(s.median for s in peak.sizes)
+    # The peak is a median, not the best burst.
+    fake = MatmulPeak(1, [MatmulSize(8, 1, [10.0, 50.0, 12.0]), MatmulSize(16, 1, [20.0, 21.0, 19.0])])
+    assert fake.best.n == 16 and fake.gflops == 20.0
+
+
+def test_peak_difference_is_relative_to_the_higher():
+    hi, lo = MatmulPeak(1, [MatmulSize(8, 1, [100.0])]), MatmulPeak(1, [MatmulSize(8, 1, [85.0])])
+    assert peak_difference(hi, lo) == peak_difference(lo, hi) == pytest.approx(0.15)
+    assert peak_difference(hi, lo) > bench.NOISY_PEAK > peak_difference(hi, MatmulPeak(1, [MatmulSize(8, 1, [95.0])]))
+
+
+def test_profile_of_the_concealer_says_where_the_time_goes(synthetic_small):
+    from test_methods import tiny_method
+
+    torch.manual_seed(0)
+    model = bench.BenchModel("c", None, tiny_method("concealer", synthetic_small.schema).eval())
+    result = profile_inference(model, dataclasses.replace(QUICK, batch=2))
+    assert set(result) == {"eager", "channels_last"}
+    for prof in result.values():
+        assert 0 < len(prof["ops"]) <= bench.PROFILE_TOP and prof["ms"] > 0
+        shares = [share for _, share, _, _ in prof["ops"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert all(calls > 0 and sum(under.values()) == pytest.approx(1) for _, _, calls, under in prof["ops"])
+        layers = dict(prof["layers"])
+        assert sum(layers.values()) == pytest.approx(1)
+        assert {"aten::conv2d", "aten::conv_transpose2d", "aten::batch_norm"} <= set(layers)
 
 
 def test_without_models_each_method_is_a_fresh_default_model(tmp_path):

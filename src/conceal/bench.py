@@ -3,7 +3,11 @@
 - inference of each model's release (the graph ``conceal export`` writes): batch-1 latency and
   large-batch throughput in torch eager, torch channels_last and onnxruntime; FLOPs per image (torch's
   FlopCounterMode: convolutions and matmuls) and the GFLOP/s achieved, against the fp32 matmul peak
-  measured in the same run;
+  measured in the same run, with the same threads, right before and right after the model
+  measurements (several sizes, several sustained repeats each; a run whose two peaks differ by more
+  than 10% is flagged as noisy);
+- where the inference time goes: torch.profiler over large-batch forwards of chosen methods' models
+  (default: the concealer), eager and channels_last: top ops by self CPU time, and time per layer kind;
 - end-to-end ``conceal apply`` (the CLI's own code path, in process) over a folder of generated
   200×200 JPEGs, against decode -> Gaussian blur -> encode of the same folder (Pillow);
 - training throughput and the share of step time spent waiting for data (the training loop's own
@@ -16,6 +20,7 @@ load average at the start is recorded for that reason).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -38,6 +43,8 @@ from .data.images import iter_image_files, read_image, write_image
 from .methods import METHODS, Method, build_method
 
 BLUR_SIGMA = 8.0  # px on a 200 px photo: a face blurred past recognition
+NOISY_PEAK = 0.10  # relative difference of the matmul peaks before and after the models that flags a noisy run
+PROFILE_TOP = 10  # ops listed per profiled backend
 
 
 @dataclass
@@ -47,8 +54,10 @@ class Counts:
     latency_iters: int = 50  # batch-1 calls timed (median)
     batch: int = 256  # throughput batch
     batch_iters: int = 5  # throughput calls timed (median)
-    matmul_size: int = 2048  # n of the n×n fp32 matmul that measures the peak
-    matmul_iters: int = 10  # matmuls timed (best)
+    matmul_sizes: tuple[int, ...] = (1024, 2048, 3072)  # n of the n×n fp32 matmuls that measure the peak
+    matmul_repeats: int = 7  # timed repeats per size (median and max reported)
+    matmul_min_seconds: float = 0.25  # each repeat runs back-to-back matmuls for at least this long: a sustained rate
+    profile_iters: int = 3  # profiled forwards per backend (after a warm-up one)
     apply_files: int = 2000  # generated JPEGs for the end-to-end comparison
     rss_files: int = 20000  # files of the larger RSS run (the smaller has a tenth)
     train_steps: int = 20
@@ -56,8 +65,8 @@ class Counts:
 
 
 FULL = Counts()
-QUICK = Counts(latency_iters=3, batch=8, batch_iters=2, matmul_size=256, matmul_iters=3, apply_files=50, rss_files=200,
-               train_steps=3, train_batch=8)
+QUICK = Counts(latency_iters=3, batch=8, batch_iters=2, matmul_sizes=(64, 128), matmul_repeats=3, matmul_min_seconds=0.002,
+               profile_iters=1, apply_files=50, rss_files=200, train_steps=3, train_batch=8)
 
 
 @dataclass
@@ -66,6 +75,7 @@ class BenchConfig:
     models_root: str = "models"
     quick: bool = False
     threads: int | None = None  # torch (and onnxruntime) intra-op threads; None: torch's default
+    profile: list[str] = field(default_factory=lambda: ["concealer"])  # methods whose models are profiled; empty: none
     photo_side: int = 200  # side of the generated JPEGs
     fresh_size: int = 64  # image size of the fresh default-config models used when no model is found
     command: str = "conceal bench"  # recorded in the report
@@ -116,17 +126,64 @@ def machine() -> dict[str, str]:
     return info
 
 
-def matmul_peak(counts: Counts) -> float:
-    """Best fp32 GFLOP/s of an n×n torch.mm: the ceiling the models' achieved GFLOP/s is compared with."""
-    n = counts.matmul_size
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up: thread pool, caches
-    best = math.inf
-    for _ in range(counts.matmul_iters):
+@dataclass
+class MatmulSize:
+    """The repeats of one n×n fp32 ``torch.mm``: GFLOP/s of each (a repeat is ``per_repeat`` back-to-back matmuls)."""
+
+    n: int
+    per_repeat: int
+    gflops: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.gflops)
+
+
+@dataclass
+class MatmulPeak:
+    """One measurement of the fp32 matmul peak: every size's repeats; the peak is the best size's median."""
+
+    threads: int  # torch intra-op threads it ran with (the models' own)
+    sizes: list[MatmulSize]
+
+    @property
+    def best(self) -> MatmulSize:
+        return max(self.sizes, key=lambda s: s.median)
+
+    @property
+    def gflops(self) -> float:
+        """The sustained peak: the median repeat of the size with the highest median (not one lucky burst)."""
+        return self.best.median
+
+
+def matmul_peak(counts: Counts, threads: int) -> MatmulPeak:
+    """The fp32 matmul rate this machine sustains now with ``threads`` torch threads: the ceiling the models' GFLOP/s is compared with.
+
+    Per size: a warm-up matmul (thread pool, caches, page faults), a second one whose time sets how many
+    back-to-back matmuls make one repeat last ``counts.matmul_min_seconds``, then ``counts.matmul_repeats``
+    timed repeats.
+    """
+    torch.set_num_threads(threads)
+    sizes = []
+    for n in counts.matmul_sizes:
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        torch.mm(a, b, out=c)
         t0 = time.perf_counter()
         torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+        per_repeat = max(1, math.ceil(counts.matmul_min_seconds / max(time.perf_counter() - t0, 1e-9)))
+        rates = []
+        for _ in range(counts.matmul_repeats):
+            t0 = time.perf_counter()
+            for _ in range(per_repeat):
+                torch.mm(a, b, out=c)
+            rates.append(2 * n**3 * per_repeat / (time.perf_counter() - t0) / 1e9)
+        sizes.append(MatmulSize(n, per_repeat, rates))
+    return MatmulPeak(threads, sizes)
+
+
+def peak_difference(before: MatmulPeak, after: MatmulPeak) -> float:
+    """|before - after| / the higher of the two; above ``NOISY_PEAK`` the machine's speed moved during the run."""
+    return abs(before.gflops - after.gflops) / max(before.gflops, after.gflops)
 
 
 # --- the models ----------------------------------------------------------------------------------
@@ -182,33 +239,82 @@ def flops_per_image(method: Method) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_inference(model: BenchModel, counts: Counts, work: Path) -> dict:
-    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (eager, channels_last, onnxruntime)."""
-    from .export import example_inputs, export_onnx, graph_of, input_names, onnx_session
+def torch_runners(method: Method, batch: int) -> dict:
+    """backend -> a no-argument call of the release graph on ``batch`` example inputs: "eager" (NCHW) and
+    "channels_last" (NHWC weights and images, as `conceal apply` runs it). Call them under inference_mode."""
+    from .export import example_inputs, graph_of, input_names
 
-    method, names = model.method, input_names(model.method)
     eager = graph_of(method)
     channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    inputs = example_inputs(method, batch)
+    args = [inputs[n] for n in input_names(method)]
+    cl_args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
+    return {"eager": lambda: eager(*args), "channels_last": lambda: channels_last(*cl_args)}
+
+
+def bench_inference(model: BenchModel, counts: Counts, work: Path) -> dict:
+    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (eager, channels_last, onnxruntime)."""
+    from .export import example_inputs, export_onnx, input_names, onnx_session
+
+    method, names = model.method, input_names(model.method)
     session = onnx_session(export_onnx(method, work / "onnx" / f"{model.directory.name}.onnx"))
 
     def runners(batch: int) -> dict:
         inputs = example_inputs(method, batch)
-        args = [inputs[n] for n in names]
-        cl_args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
         feed = {n: inputs[n].numpy() for n in names}
-        return {
-            "eager": lambda: eager(*args),
-            "channels_last": lambda: channels_last(*cl_args),
-            "onnxruntime": lambda: session.run(None, feed),
-        }
+        return {**torch_runners(method, batch), "onnxruntime": lambda: session.run(None, feed)}
 
-    result = {"latency_s": {}, "throughput": {}, "batch": counts.batch}
+    result = {"latency_s": {}, "throughput": {}, "batch": counts.batch, "threads": torch.get_num_threads()}
     with torch.inference_mode():
         for backend, fn in runners(1).items():
             result["latency_s"][backend] = _median_seconds(fn, counts.latency_iters)
         for backend, fn in runners(counts.batch).items():
             result["throughput"][backend] = counts.batch / _median_seconds(fn, counts.batch_iters)
     result["flops"] = flops_per_image(method)
+    return result
+
+
+# --- where the inference time goes ----------------------------------------------------------------
+
+
+def profile_inference(model: BenchModel, counts: Counts) -> dict:
+    """backend -> where a batch-``counts.batch`` forward of the release graph spends its CPU time (torch.profiler).
+
+    "ops": the top ``PROFILE_TOP`` ops by self CPU time (time in the op itself, not in the ops it calls), as
+    (name, share of all self time, calls per forward, {layer: share of the op's self time spent under it});
+    "layers": every op the forward calls directly (conv2d, conv_transpose2d, batch_norm, ...), with what it
+    calls, as (name, share), largest first; "ms": profiled milliseconds per forward (profiler overhead included).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    iters, result = counts.profile_iters, {}
+    with torch.inference_mode():
+        for backend, fn in torch_runners(model.method, counts.batch).items():
+            fn()  # warm-up: first-call allocations, lazy initialisation
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(iters):
+                    fn()
+            self_time: collections.Counter = collections.Counter()
+            calls: collections.Counter = collections.Counter()
+            under: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+            for e in prof.events():
+                root = e
+                while root.cpu_parent is not None:
+                    root = root.cpu_parent
+                self_time[e.name] += e.self_cpu_time_total
+                calls[e.name] += 1
+                under[e.name][root.name] += e.self_cpu_time_total
+            # Self times add up to the whole (each microsecond is some op's own), and so do the layers' totals.
+            total = sum(self_time.values()) or 1.0
+            layers: collections.Counter = collections.Counter()
+            for by_root in under.values():
+                layers.update(by_root)
+            result[backend] = {
+                "ops": [(name, t / total, calls[name] / iters, {r: u / (t or 1.0) for r, u in under[name].most_common()})
+                        for name, t in self_time.most_common(PROFILE_TOP)],
+                "layers": [(name, t / total) for name, t in layers.most_common()],
+                "ms": total / 1e3 / iters,
+            }
     return result
 
 
@@ -311,6 +417,16 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+def _shares(under: dict[str, float], least: float = 0.05) -> str:
+    """'conv_transpose2d 98%, conv2d 2%': the layers holding at least ``least`` of an op's self time."""
+    major = [f"{name.removeprefix('aten::')} {100 * share:.0f}%" for name, share in under.items() if share >= least]
+    return ", ".join(major) + (", …" if len(major) < len(under) else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|", *("| " + " | ".join(r) + " |" for r in rows), ""]
 
@@ -319,20 +435,30 @@ def run_benchmarks(cfg: BenchConfig) -> str:
     """Measure everything in one run and return the markdown report, top to bottom as it reads."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()  # the matmul peak and every model measurement run with these
     counts = cfg.counts
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="conceal-bench-") as tmp:
         work = Path(tmp)
         started = time.strftime("%Y-%m-%d %H:%M %Z")
         host = machine()
-        log("fp32 matmul peak")
-        peak = matmul_peak(counts)
         models, models_note = find_models(cfg, work)
 
+        log(f"fp32 matmul peak before the models ({_threads(threads)})")
+        peak_before = matmul_peak(counts, threads)
         inference = {}
         for m in models:
             log(f"inference of {m.label}")
+            torch.set_num_threads(threads)
             inference[m.label] = bench_inference(m, counts, work)
+        log(f"fp32 matmul peak after the models ({_threads(threads)})")
+        peak_after = matmul_peak(counts, threads)
+
+        profiles = {}
+        for m in models:
+            if m.method.name in cfg.profile:
+                log(f"profile of {m.label}")
+                profiles[m.label] = profile_inference(m, counts)
 
         log(f"end-to-end apply vs blur over {counts.apply_files} JPEGs")
         photos = make_photos(work / "photos", counts.apply_files, cfg.photo_side)
@@ -351,6 +477,12 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         rss = {n: peak_rss_mib(rss_model.directory, folder, work / f"rss_out_{n}")
                for n, folder in ((counts.rss_files // 10, small), (counts.rss_files, large))}
     minutes = (time.perf_counter() - t_start) / 60
+    if hasattr(os, "getloadavg"):
+        host["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
+    # The run's peak: the higher of the two sustained measurements, i.e. the conservative ceiling for the efficiency.
+    peak = max(peak_before.gflops, peak_after.gflops)
+    drift = peak_difference(peak_before, peak_after)
+    noisy = drift > NOISY_PEAK
 
     n_small, n_large = counts.rss_files // 10, counts.rss_files
     lines = [
@@ -362,7 +494,7 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         "## Headline ratios",
         "",
         f"Throughput at batch {counts.batch}; efficiency = achieved GFLOP/s of the best backend / this machine's fp32 matmul peak "
-        f"({peak:.1f} GFLOP/s); apply / blur = time of `conceal apply` / time of decode → blur → encode over the same "
+        f"({peak:.1f} GFLOP/s sustained, {_threads(threads)}, the higher of before and after the models: see Matmul peak); apply / blur = time of `conceal apply` / time of decode → blur → encode over the same "
         f"{counts.apply_files} photos (> 1: apply is slower); RSS ×{n_large // n_small} files = peak RSS over {n_large} files / over {n_small}.",
         "",
     ]
@@ -376,14 +508,41 @@ def run_benchmarks(cfg: BenchConfig) -> str:
                      f"{rss[n_large] / rss[n_small]:.2f}" if m is rss_model else "—"])
     lines += _table(["model", "onnxruntime / eager", "channels_last / eager", "efficiency (of peak)", "apply / blur",
                      "training data wait", f"RSS ×{n_large // n_small} files"], rows)
+    if noisy:
+        lines += [f"**Noisy run**: the matmul peak measured before the models ({peak_before.gflops:.1f} GFLOP/s) and after them "
+                  f"({peak_after.gflops:.1f}) differ by {100 * drift:.1f}% (> {100 * NOISY_PEAK:.0f}%): the machine's speed moved "
+                  "during the run, so the efficiencies are not to be judged by; rerun on an idle machine.", ""]
 
     lines += ["## Machine", ""]
-    lines += _table(["", ""], [[k, v] for k, v in host.items()] + [["fp32 matmul peak", f"{peak:.1f} GFLOP/s ({counts.matmul_size}² torch.mm, best of {counts.matmul_iters})"]])
+    lines += _table(["", ""], [[k, v] for k, v in host.items()] + [[
+        "fp32 matmul peak", f"{peak:.1f} GFLOP/s (before the models {peak_before.gflops:.1f}, after {peak_after.gflops:.1f}; "
+                            f"{_threads(threads)}; {'**noisy**' if noisy else 'steady'}: see Matmul peak)"]])
+
+    lines += ["## Matmul peak", "",
+              f"fp32 `torch.mm` of n×n matrices on {_threads(threads)} (torch intra-op: the setting every model measurement "
+              "below runs with), measured right before and right after the inference measurements. Per size: a warm-up "
+              f"matmul, then {counts.matmul_repeats} timed repeats, each of back-to-back matmuls lasting at least "
+              f"{counts.matmul_min_seconds:g} s (a sustained rate, not a burst); 2n³ FLOPs per matmul. A measurement's peak "
+              "is the **median repeat of its best size** (the size with the highest median); the run's peak is the higher "
+              "of the two measurements: a rate the machine sustained in this run, and the conservative ceiling for the "
+              "efficiencies.", ""]
+    rows = []
+    for when, measured in (("before", peak_before), ("after", peak_after)):
+        for size in measured.sizes:
+            mark = " (peak)" if size is measured.best else ""
+            rows.append([when, str(size.n), str(size.per_repeat), f"{size.median:.1f}{mark}", f"{max(size.gflops):.1f}",
+                         f"{min(size.gflops):.1f}"])
+    lines += _table(["measured", "n", "matmuls / repeat", "median GFLOP/s", "max", "min"], rows)
+    verdict = (f"**noisy** (> {100 * NOISY_PEAK:.0f}%): the machine's speed moved during the run" if noisy
+               else f"steady (≤ {100 * NOISY_PEAK:.0f}%)")
+    lines += [f"Peak before the models {peak_before.gflops:.1f} GFLOP/s, after {peak_after.gflops:.1f}: they differ by "
+              f"{100 * drift:.1f}% of the higher, {verdict}. Peak used: {peak:.1f} GFLOP/s.", ""]
 
     lines += ["## Inference", "",
               "The release graph `conceal export` writes (concealer: encode μ + decode with the attributes; masker: the "
               "masked image; anonymizer: the reconstruction), on float32 input; no image decoding or writing. Eager: "
               "NCHW tensors and weights; channels_last: NHWC, as `conceal apply` runs it. "
+              f"{_threads(threads)} (torch and onnxruntime intra-op), as the matmul peak. "
               f"Latency: median of {counts.latency_iters} batch-1 calls; throughput: median of {counts.batch_iters} "
               f"batch-{counts.batch} calls. FLOPs: convolutions and matmuls (torch FlopCounterMode), 2 per multiply-add.", ""]
     rows = []
@@ -398,6 +557,28 @@ def run_benchmarks(cfg: BenchConfig) -> str:
     lines += _table(["model", "MFLOPs / image", "batch-1 ms eager", "channels_last", "onnxruntime",
                      f"batch-{counts.batch} img/s eager", "channels_last", "onnxruntime",
                      "GFLOP/s (of peak) eager", "channels_last", "onnxruntime"], rows)
+
+    lines += ["## Profile", ""]
+    if not profiles:
+        lines += [f"Not profiled: {'no model of ' + ', '.join(cfg.profile) + ' in this run' if cfg.profile else '--no-profile'}.", ""]
+    else:
+        lines += [f"Where the batch-{counts.batch} inference time goes: torch.profiler (CPU) over {counts.profile_iters} forward"
+                  f"{'s' if counts.profile_iters != 1 else ''} of the release graph after a warm-up one, {_threads(threads)} "
+                  "(the profiler adds overhead: read the shares, not the times). Top ops by **self CPU** time (in the op "
+                  "itself, not in the ops it calls), as a share of all self time, with calls per forward. **By layer**: the "
+                  "ops the forward calls directly (conv2d, conv_transpose2d, batch_norm, ...), each with everything it calls; an "
+                  "op's layers: those holding ≥ 5% of its self time (…: smaller ones).", ""]
+        for label, by_backend in profiles.items():
+            for backend, prof in by_backend.items():
+                major = [(name, share) for name, share in prof["layers"] if share >= 0.01]
+                rest = 1.0 - sum(share for _, share in major)
+                layers = ", ".join(f"{name.removeprefix('aten::')} {100 * share:.1f}%" for name, share in major)
+                if rest >= 0.0005:
+                    layers += f", other {100 * rest:.1f}%"
+                lines += [f"### {label}, {backend} ({prof['ms']:.1f} ms per profiled forward)", "", f"By layer: {layers}.", ""]
+                lines += _table(["op", "self CPU", "calls / forward", "in layers (share of its self time)"],
+                                [[f"`{name}`", f"{100 * share:.1f}%", f"{calls:g}", _shares(under)]
+                                 for name, share, calls, under in prof["ops"]])
 
     lines += ["## End-to-end apply", "",
               f"{counts.apply_files} generated {cfg.photo_side}×{cfg.photo_side} JPEG faces. `conceal apply` (in process, "

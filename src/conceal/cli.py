@@ -22,6 +22,7 @@ from .data import DATASETS, DataError, LabelError, open_dataset
 from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image, write_image
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, FileNotFoundError)
+METHOD_NAMES = ("anonymizer", "concealer", "masker")  # sorted(conceal.methods.METHODS), without importing torch here
 DECODE_THREADS = 4  # image decoding threads of apply/encode (at most the CPU count)
 
 
@@ -297,8 +298,13 @@ def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_benchmarks
     from .train.checkpoint import model_dir
 
-    command = "conceal bench" + (f" --models {' '.join(args.models)}" if args.models else "") + (" --quick" if args.quick else "")
-    cfg = BenchConfig(models=list(args.models or []), quick=args.quick, threads=args.threads, command=command + f" -o {args.out}")
+    # no flag: the concealer; --profile alone: every method; --profile NAME ...: those; --no-profile: none
+    profile = [] if args.no_profile else ["concealer"] if args.profile is None else list(dict.fromkeys(args.profile or METHOD_NAMES))
+    command = ("conceal bench" + (f" --models {' '.join(args.models)}" if args.models else "") + (" --quick" if args.quick else "")
+               + (f" --threads {args.threads}" if args.threads else "")
+               + (" --no-profile" if args.no_profile else " --profile" + "".join(f" {m}" for m in args.profile) if args.profile is not None else ""))
+    cfg = BenchConfig(models=list(args.models or []), quick=args.quick, threads=args.threads, profile=profile,
+                      command=command + f" -o {args.out}")
     for m in cfg.models:
         model_dir(m)  # a bad path fails now, not after minutes of measuring
     report = run_benchmarks(cfg)
@@ -396,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--models", nargs="+", metavar="MODEL", help="model directories (default: every models/*/ with a model.json, "
                     "else a fresh default-config model of each method)")
     be.add_argument("--quick", action="store_true", help="tiny counts: a smoke test in seconds, not numbers to quote")
-    be.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads (default: torch's)")
+    be.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads, of the matmul peak and every "
+                    "model measurement alike (default: torch's)")
+    profiled = be.add_mutually_exclusive_group()
+    profiled.add_argument("--profile", nargs="*", metavar="METHOD", choices=METHOD_NAMES,
+                          help="profile the batch inference (torch.profiler, eager and channels_last) of these methods' "
+                               f"models ({', '.join(METHOD_NAMES)}; none named: every one), for the report's top ops by "
+                               "self CPU time (default: the concealer's)")
+    profiled.add_argument("--no-profile", action="store_true", help="skip the profile section")
     be.add_argument("-o", "--out", default="benchmarks/RESULTS.md", help="report file (default: benchmarks/RESULTS.md)")
     be.set_defaults(func=cmd_bench)
 
