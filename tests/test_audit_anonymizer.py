@@ -1,5 +1,6 @@
-"""The anonymizer's audit: verification pairs and scores, the Random baseline's two views, and the end-to-end
-audit of a tiny anonymizer (report.md/json, Table-1 rows, the comparison table, the identity judge's path)."""
+"""The anonymizer's audit: verification pairs and scores, the Random baseline's two views, the fresh CNN on
+released reconstructions, and the end-to-end audit of a tiny anonymizer (report.md/json, Table-1 rows, the
+comparison table, the identity judge's path)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 
 from conceal.audit.anonymizer import (
     RENDERERS,
+    _image_leakage,
     compare_anonymizers,
+    gray_images,
+    image_attack_summary,
     random_codes,
     verification_pairs,
     verification_scores,
@@ -20,7 +24,7 @@ from conceal.methods.anonymizer import random_baseline
 # A tiny anonymizer: trains one epoch on 600 synthetic faces in a few seconds; its quality is beside the point.
 TINY = {"encoder_widths": [4, 6], "decoder_widths": [8, 4], "code_size": 16, "adversary_hidden": 8, "siamese_hidden": 16,
         "embedding": 8, "pretrain_steps": 5}
-FAST = {"vector_seeds": 2}
+FAST = {"vector_seeds": 2, "cnn_epochs": 1, "cnn_min_steps": 30}
 
 
 # --- pairs and scores ------------------------------------------------------------------------------
@@ -60,6 +64,31 @@ def test_random_codes_are_the_random_baseline_and_map_back_into_the_code_range()
     assert np.all(in_code_space >= codes.min(0) - 1e-4) and np.all(in_code_space <= codes.max(0) + 1e-4)
 
 
+# --- a fresh CNN on released reconstructions --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_image_leakage_cnn_reads_gender_from_released_images_that_carry_it():
+    from conceal.data import open_dataset
+
+    faces = open_dataset("synthetic", None, n=600, seed=0).arrays(size=32, progress=False)
+    faces = faces.select(np.sort(np.random.default_rng(0).choice(len(faces), 200, replace=False)))
+    # Stand-ins for the decoder's output: grayscale faces keep their gender; one flat gray image for all carries none.
+    carrying = _image_leakage(gray_images(faces.images), faces, "gender", 0, faces.identity, epochs=2, min_steps=30)
+    gender = carrying["labels"]["gender"]
+    assert gender["concealed"] and set(gender) == {"concealed", "released", "original"}
+    assert gender["released"]["split"] == "identity-disjoint halves" and carrying["seeds"] == [0] and carrying["n"] == 200
+    released, original = (row["privacy"] for row in image_attack_summary(carrying))
+    for privacy in (released, original):
+        assert privacy["attacker"] == "cnn" and privacy["chance_balanced_accuracy"] == 0.5
+        assert privacy["balanced_accuracy"] > 0.65 and privacy["auc"] > 0.8
+    assert released["majority_accuracy"] == original["majority_accuracy"]  # the same halves for both image sets
+
+    blank = _image_leakage(np.full_like(faces.images, 128), faces, "gender", 0, faces.identity, epochs=1, min_steps=5)
+    blank_released = image_attack_summary(blank)[0]["privacy"]
+    assert blank_released["balanced_accuracy"] == 0.5 and blank_released["auc"] == 0.5  # one input for all: nothing to read
+
+
 # --- end to end ------------------------------------------------------------------------------------
 
 
@@ -81,17 +110,18 @@ def audited(tiny_anonymizer, tmp_path_factory):
     from conceal.audit import run_audit
 
     out = tmp_path_factory.mktemp("anonymizer_report")
+    logs: list[str] = []
     path = run_audit(tiny_anonymizer, dataset="synthetic", out=out, max_images=300, judges="off", command="test",
-                     log=lambda _: None, **FAST)
-    return path, json.loads((out / "report.json").read_text())
+                     log=logs.append, **FAST)
+    return path, json.loads((out / "report.json").read_text()), logs
 
 
 @pytest.mark.slow
 def test_audit_of_a_tiny_anonymizer_writes_privacy_and_utility(audited):
-    path, data = audited
+    path, data, _ = audited
     assert data["provenance"]["method"] == "anonymizer" and path.is_file()
     rows = {row["row"]: row for row in data["privacy_utility"]["rows"]}
-    assert set(rows) == {"AIA", "Random", "raw pixels (reference)"}
+    assert list(rows) == ["AIA", "Random", "raw pixels (reference)"]  # compare_anonymizers and tradeoff_points read them by position
     for row in rows.values():
         privacy = row["privacy"]
         assert privacy["label"] == "gender" and privacy["chance_balanced_accuracy"] == 0.5
@@ -116,8 +146,35 @@ def test_audit_of_a_tiny_anonymizer_writes_privacy_and_utility(audited):
 
 
 @pytest.mark.slow
+def test_audit_attacks_the_released_reconstructions_with_a_fresh_cnn(audited):
+    path, data, logs = audited
+    section = data["image_leakage"]
+    n = data["provenance"]["n_test_faces"]
+    assert section["n"] == n and section["seeds"] == [0] == data["samples"]["cnn_seeds"]
+    assert (section["epochs"], section["min_steps"]) == (FAST["cnn_epochs"], FAST["cnn_min_steps"])
+    gender = section["labels"]["gender"]
+    for key in ("released", "original"):  # the reconstructions, and the originals on the same identity-disjoint halves
+        result = gender[key]
+        assert set(result["attackers"]) == {"baseline", "cnn"} and result["split"] == "identity-disjoint halves"
+        assert result["n_known"] == n and result["chance_balanced_accuracy"] == 0.5
+        for metric in ("balanced_accuracy", "auc", "accuracy"):
+            assert 0 <= result["attackers"]["cnn"][metric]["mean"] <= 1
+        assert 0 <= result["attackers"]["baseline"]["accuracy"]["mean"] <= 1
+    assert gender["released"]["attackers"]["baseline"] == gender["original"]["attackers"]["baseline"]  # same halves
+    assert [row["privacy"]["label"] for row in data["privacy_utility"]["rows"]] == ["gender"] * 3  # Table 1 is untouched
+
+    text = path.read_text()
+    assert "## Released reconstructions, attacked by a fresh CNN" in text
+    assert "| gender | released reconstructions | cnn |" in text and "| gender | original images | cnn |" in text
+    assert text.index("## Privacy and utility") < text.index("## Released reconstructions")
+    assert "image_leakage" in data["timings"]
+    cnn_lines = [line for line in logs if "released reconstructions: gender balanced acc" in line]
+    assert len(cnn_lines) == 1 and "original images: gender balanced acc" in cnn_lines[0]
+
+
+@pytest.mark.slow
 def test_compare_anonymizers_orders_rows_as_the_paper(audited, tmp_path):
-    _, data = audited
+    _, data, _ = audited
     paths = []
     for variant in ("aia", "original", "aia_no_utility"):  # stand-ins: the same numbers under each variant's name
         report = json.loads(json.dumps(data))
@@ -147,11 +204,17 @@ class FakeEmbedding:
 def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     from conceal.audit import load_test_split
     from conceal.audit.anonymizer import audit_anonymizer
+    from conceal.audit.report import render_markdown, to_plain
     from conceal.train.checkpoint import read_model_info
 
     test = load_test_split(read_model_info(tiny_anonymizer), "synthetic", None, 40, 0, log=lambda _: None)
     sections = audit_anonymizer(tiny_anonymizer, test, tmp_path, judges={"face_embedding": FakeEmbedding()}, identity_faces=5,
-                                vector_seeds=1, log=lambda _: None)
+                                vector_seeds=1, image_attack=False, log=lambda _: None)
     identity = sections["reconstruction_fidelity"]["identity"]
     assert identity["n_faces"] == 5 and set(identity) >= {"reconstruction", "gray_original", "different_person"}
     assert sections["judges"] == {"face_embedding": None} and sections["samples"]["identity_faces"] == 5
+
+    # Without the image attack the section says so, and report.md still renders (its summary shows "—").
+    assert "image_attack=False" in sections["image_leakage"]["skipped"] and sections["samples"]["cnn_seeds"] == []
+    text = render_markdown({"provenance": {"method": "anonymizer"}, **to_plain(sections)})
+    assert "## Released reconstructions, attacked by a fresh CNN" in text and "Skipped: not asked for" in text

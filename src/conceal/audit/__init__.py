@@ -72,8 +72,9 @@ def run_audit(
     figures into ``out``; return the path of report.md.
 
     ``judges``: "auto" (use the installed judges), "off", or a dict of judge objects. ``options`` go to the
-    method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``; masker:
-    ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``, baseline settings).
+    method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``; anonymizer:
+    ``identity_faces``, ``vector_seeds``, ``max_matched_pairs``, ``image_attack``, ``cnn_epochs``, ``cnn_min_steps``;
+    masker: ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``, baseline settings).
     """
     from .. import __version__
     from ..data import DataError

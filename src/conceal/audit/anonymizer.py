@@ -9,6 +9,10 @@ Sections (plain numbers, written by ``report.write_report``):
   Balanced accuracy and AUC come first: LFW is ~79% male, so plain accuracy would flatter an attacker.
 - ``privacy_utility``: the paper's Table 1 for this model: one row for its variant (Original, AIA\\T or
   AIA), one for the Random baseline of its codes, and the raw-pixel reference (privacy only).
+- ``image_leakage`` (the concealer's section shape): the model also releases images, the decoder's grayscale
+  reconstruction of every face (``conceal apply``, the paper's Fig. 3). A small CNN trained from scratch
+  after the fact (``attackers.audit_images``, the concealer's image attacker) reads the private label from
+  them, beside the same CNN on the original test images, on the same identity-disjoint halves.
 - ``verification``: the utility task, 1-to-1 face verification on pairs of test people: cosine distance of
   the Siamese embeddings and, second, of the codes g themselves; the threshold is chosen on pairs of one
   half of the people ("validation") and scored on pairs of the other half.
@@ -40,6 +44,11 @@ from ..methods.anonymizer import LUMA, Anonymizer, random_baseline
 from ..train.checkpoint import read_model_info
 from .attackers import (
     BASELINE,
+    CNN_MAX_EPOCHS,
+    CNN_MIN_STEPS,
+    DEFAULT_CNN_EPOCHS,
+    DEFAULT_CNN_SIZE,
+    audit_images,
     audit_vectors,
     pixel_baseline,
     single_threaded,
@@ -47,12 +56,14 @@ from .attackers import (
 )
 from .concealer import resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim, unrelated_partners
-from .report import num, table, timed_steps, with_interval, pyplot, save_figure
+from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 
 # The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
 VARIANT_TITLES = {"original": "Original", "aia_no_utility": "AIA\\T", "aia": "AIA"}
 PAPER_ROW_ORDER = ("Original", "Random", "AIA\\T", "AIA")
 RANDOM_TITLE = "Random"
+RELEASED_IMAGES_TITLE = "released reconstructions"
+ORIGINAL_IMAGES_TITLE = "original images"
 PIXELS_TITLE = "raw pixels (reference)"
 UTILITY_MEASURES = {"siamese": "Siamese embeddings", "codes": "released codes"}
 GRID_FACES = 8
@@ -215,6 +226,37 @@ def _code_leakage(codes: np.ndarray, released_random: np.ndarray, test: FaceArra
         "random": "the Random baseline of g: min-max scaled, half of all entries replaced by U[0, 1] (attacked on the same halves; JSON only)",
         "labels": {private: {"concealed": True, "codes": by_codes, "original": by_pixels, "random": by_random}},
     }
+
+
+def _image_leakage(reconstructed: np.ndarray, test: FaceArrays, private: str, seed: int, groups, epochs: int, min_steps: int) -> dict:
+    """A fresh CNN per image set, the released reconstructions and the original images, reads the private
+    label: the concealer's image attacker (``audit_images``) with its seed policy, one half-split (seed
+    ``seed``, the first of the vector attackers' splits), identity-disjoint when identities are known."""
+    labels = {private: test.labels[private]}
+
+    def attack(images: np.ndarray) -> dict:
+        return audit_images(images, labels, test.schema, seeds=(seed,), groups=groups, epochs=epochs, min_steps=min_steps)[private]
+
+    return {
+        "n": len(test),
+        "seeds": [seed],
+        "epochs": epochs,
+        "min_steps": min_steps,
+        "max_epochs": CNN_MAX_EPOCHS,
+        "cnn_size": DEFAULT_CNN_SIZE,
+        "released": "the decoder's grayscale reconstruction of every test face (what `conceal apply` writes)",
+        "original": "the original colour test images (what there was to hide)",
+        "labels": {private: {"concealed": True, "released": attack(reconstructed), "original": attack(test.images)}},
+    }
+
+
+def image_attack_summary(image_leakage: dict) -> list[dict]:
+    """The image section -> one privacy row per image set (``privacy_summary``'s shape): released, original."""
+    if "skipped" in image_leakage:
+        return []
+    return [{"row": title, "input": key, "privacy": privacy_summary(by_input[key])}
+            for by_input in image_leakage["labels"].values()
+            for key, title in (("released", RELEASED_IMAGES_TITLE), ("original", ORIGINAL_IMAGES_TITLE))]
 
 
 def privacy_summary(result: dict) -> dict:
@@ -394,6 +436,22 @@ def verification_markdown(s: dict) -> list[str]:
     return lines + table(header, rows) + [""]
 
 
+def image_leakage_markdown(s: dict) -> list[str]:
+    """The ``image_leakage`` section as markdown lines: the CNN on the released reconstructions and the originals."""
+    lines = ["## Released reconstructions, attacked by a fresh CNN", ""]
+    if "skipped" in s:
+        return lines + [f"Skipped: {s['skipped']}.", ""]
+    first = next(iter(s["labels"].values()))["released"]
+    halves = first.get("split", "?")
+    if "n_train" in first:
+        halves += f", ~{first['n_train']} train / ~{first['n_test']} test rows"
+    lines += [f"Besides g, the anonymizer releases {s['released']}. A small CNN trained from scratch after the fact "
+              f"(inputs downscaled to {s['cnn_size']} px; {s['min_steps']} updates, at least {s['epochs']} and at most {s['max_epochs']} "
+              f"epochs) tries to read the private label from them, on one half-split (seed {s['seeds'][0]}; {halves}); "
+              f"the same CNN on {s['original']}, on the same halves, is the reference. {s['n']} test faces.", ""]
+    return lines + attack_tables(s["labels"], [("released", RELEASED_IMAGES_TITLE), ("original", ORIGINAL_IMAGES_TITLE)])
+
+
 def reconstruction_markdown(s: dict) -> list[str]:
     """The ``reconstruction_fidelity`` section as markdown lines."""
     lines = ["## Reconstruction", "", f"Against {s['reference']}: PSNR {with_interval(s['psnr'], 2)} dB, SSIM {with_interval(s['ssim'])} "
@@ -412,6 +470,7 @@ def reconstruction_markdown(s: dict) -> list[str]:
 # For report.md: section key -> markdown lines (report.render_markdown shows unknown sections as JSON until it uses these).
 RENDERERS = {
     "privacy_utility": privacy_utility_markdown,
+    "image_leakage": image_leakage_markdown,
     "verification": verification_markdown,
     "reconstruction_fidelity": reconstruction_markdown,
 }
@@ -515,11 +574,16 @@ def audit_anonymizer(
     identity_faces: int = 100,
     vector_seeds: int = 3,
     max_matched_pairs: int = 1000,
+    image_attack: bool = True,
+    cnn_epochs: int = DEFAULT_CNN_EPOCHS,
+    cnn_min_steps: int = CNN_MIN_STEPS,
 ) -> dict:
     """The anonymizer's audit sections on ``test`` (images at the model's size); figures go into ``out_dir``.
 
     ``identity_faces``: faces embedded by the face-embedding judge (0: none); ``vector_seeds``: attacker runs
-    (each a fresh identity-disjoint half-split); ``max_matched_pairs``: cap on same-person pairs per half.
+    (each a fresh identity-disjoint half-split); ``max_matched_pairs``: cap on same-person pairs per half;
+    ``image_attack``: also attack the released reconstructions (and the originals) with a fresh CNN, trained
+    ``cnn_min_steps`` updates, at least ``cnn_epochs`` epochs (the concealer audit's defaults).
     Runs on one thread (see ``single_threaded``).
     """
     out_dir = Path(out_dir)
@@ -561,6 +625,16 @@ def audit_anonymizer(
         log(f"[audit]   {row['row']}: {private} balanced acc {num(privacy.get('balanced_accuracy'))}, AUC {num(privacy.get('auc'))} "
             f"(majority acc {num(privacy.get('majority_accuracy'))}); verification acc {num(utility.get('accuracy'))}, AUC {num(utility.get('auc'))}")
 
+    if image_attack:
+        with step("image_leakage", f"privacy: a fresh CNN on the released reconstructions and on the original images for {private} "
+                                   f"({known} faces with a known label, seed {seed})"):
+            sections["image_leakage"] = _image_leakage(reconstructed, test, private, seed, groups, cnn_epochs, cnn_min_steps)
+        log("[audit]   " + "; ".join(
+            f"{row['row']}: {private} balanced acc {num(row['privacy'].get('balanced_accuracy'))}, AUC {num(row['privacy'].get('auc'))} "
+            f"(majority acc {num(row['privacy'].get('majority_accuracy'))})" for row in image_attack_summary(sections["image_leakage"])))
+    else:
+        sections["image_leakage"] = {"skipped": "not asked for (image_attack=False)", "labels": {}}
+
     judge, judge_status = None, None
     if identity_faces > 0:
         objects, status = resolve_judges(judges)
@@ -578,9 +652,10 @@ def audit_anonymizer(
     sections["samples"] = {
         "test_faces": len(test),
         "attacker_seeds": list(seeds),
+        "cnn_seeds": [seed] if image_attack else [],
         "verification_pairs": {k: pairs.get(k, 0) for k in ("matched", "mismatched")},
         "identity_faces": int(len(identity_rows)) if judge is not None else 0,
     }
     # The summary first: report.md shows sections it has no renderer for in this order.
-    order = ("privacy_utility", "code_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")
+    order = ("privacy_utility", "code_leakage", "image_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")
     return {key: sections[key] for key in order if key in sections}
