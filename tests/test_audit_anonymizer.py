@@ -181,11 +181,21 @@ def test_compare_anonymizers_orders_rows_as_the_paper(audited, tmp_path):
         title = {"aia": "AIA", "original": "Original", "aia_no_utility": "AIA\\T"}[variant]
         report["privacy_utility"]["rows"][0] |= {"row": title, "variant": variant}
         report["privacy_utility"]["rows"][1]["variant"] = variant
+        report["provenance"]["model_config"]["variant"] = variant  # titles come from the model's config
         paths.append(tmp_path / f"{variant}.json")
         paths[-1].write_text(json.dumps(report))
     lines = compare_anonymizers(paths).splitlines()
     methods = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert methods == ["Original", "Random (codes of Original)", "AIA\\T", "AIA", "raw pixels (reference)"]
+
+
+def test_model_title_names_what_the_weights_make_the_model():
+    from conceal.audit.anonymizer import model_title
+
+    assert model_title({"variant": "aia", "alpha": 0.0, "beta": 0.5}) == "AIA\\T"  # α = 0 is AIA\T, whatever the variant
+    assert model_title({"variant": "aia", "alpha": 0.25, "beta": 0.5}) == "AIA (α 0.25, β 0.5)"
+    assert model_title({"variant": "original", "alpha": 0.25}) == "Original"
+    assert model_title({"variant": "aia", "eraser_rank": 1}) == "AIA + eraser (rank 1)"
 
 
 class FakeEmbedding:

@@ -277,10 +277,29 @@ def privacy_summary(result: dict) -> dict:
     }
 
 
+def effective_weights(cfg) -> tuple[float, float]:
+    """(α, β) a model was fine-tuned with, after its variant's switches; ``cfg``: its config or config dict."""
+    get = cfg.get if isinstance(cfg, dict) else (lambda key, default=None: getattr(cfg, key, default))
+    variant = get("variant", "aia")
+    alpha = 0.0 if variant in ("original", "aia_no_utility") else float(get("alpha", 0.5))
+    beta = 0.0 if variant == "original" else float(get("beta", 0.5))
+    return alpha, beta
+
+
 def model_title(cfg) -> str:
-    """The paper's name of the model's variant, plus the post-hoc eraser when it has one."""
-    title = VARIANT_TITLES.get(cfg.variant, cfg.variant)
-    return f"{title} + eraser (rank {cfg.eraser_rank})" if cfg.eraser_rank else title
+    """The paper's name of the model (``cfg``: its config or config dict), judged by the weights it was
+    fine-tuned with: α = 0 is AIA\\T whatever the variant says; weights other than the paper's α = β = 0.5
+    are named; plus the post-hoc eraser when it has one."""
+    get = cfg.get if isinstance(cfg, dict) else (lambda key, default=None: getattr(cfg, key, default))
+    variant = get("variant", "aia")
+    alpha, beta = effective_weights(cfg)
+    title = VARIANT_TITLES.get(variant, variant)
+    if variant == "aia" and alpha == 0:
+        title = VARIANT_TITLES["aia_no_utility"]
+    if variant != "original" and ((alpha, beta) != (0.5, 0.5) and not (alpha == 0 and beta == 0.5)):
+        title += f" (α {alpha:g}, β {beta:g})"
+    rank = get("eraser_rank", 0)
+    return f"{title} + eraser (rank {rank})" if rank else title
 
 
 def _privacy_utility(variant: str, title: str, code_leakage: dict, verification: dict, private: str) -> dict:
@@ -476,6 +495,12 @@ RENDERERS = {
 }
 
 
+def _model_name(report: dict) -> str:
+    """The audited model's directory name (a run's, for its checkpoint/ directory)."""
+    path = Path(report["provenance"]["model"])
+    return path.parent.name if path.name == "checkpoint" else path.name
+
+
 def compare_anonymizers(report_jsons: list[str | Path]) -> str:
     """Several anonymizers' report.json -> one markdown table in the paper's order (Original, Random,
     AIA\\T, AIA). Random is the Random baseline of the Original's codes when an Original is among the
@@ -488,10 +513,14 @@ def compare_anonymizers(report_jsons: list[str | Path]) -> str:
     random_source = originals[0] if originals else reports[0]
     random_row = random_source["privacy_utility"]["rows"][1]
     random_title = f"{RANDOM_TITLE} (codes of {VARIANT_TITLES.get(random_row['variant'], random_row['variant'])})"
-    rows = [(row["row"], row) for _, row in model_rows] + [(RANDOM_TITLE, random_row)]
+    # Titles from each model's config (older reports titled an α = 0 "aia" model "AIA"); two models
+    # with one title (e.g. the shipped AIA and a sweep's) are told apart by their directories.
+    titles = [model_title(report["provenance"]["model_config"]) for report, _ in model_rows]
+    titles = [f"{t} [{_model_name(report)}]" if titles.count(t) > 1 else t for t, (report, _) in zip(titles, model_rows)]
+    rows = [(title, row) for title, (_, row) in zip(titles, model_rows)] + [(RANDOM_TITLE, random_row)]
     rank = {title: i for i, title in enumerate(PAPER_ROW_ORDER)}
-    rows.sort(key=lambda item: rank.get(item[0], len(rank)))
-    cells = [table_row(row, random_title if title == RANDOM_TITLE else None) for title, row in rows]
+    rows.sort(key=lambda item: rank.get(item[0].split(" [")[0], len(rank)))
+    cells = [table_row(row, random_title if title == RANDOM_TITLE else title) for title, row in rows]
     cells.append(table_row(reports[0]["privacy_utility"]["rows"][2]))
     audited = sorted({(r["provenance"].get("dataset"), r["provenance"].get("n_test_faces"), r["provenance"].get("seed")) for r in reports},
                      key=str)
@@ -507,10 +536,7 @@ def tradeoff_points(report_jsons: list[str | Path]) -> list[dict]:
     points = []
     for path in report_jsons:
         report = json.loads(Path(path).read_text())
-        cfg = report["provenance"]["model_config"]
-        variant = cfg.get("variant", "aia")
-        alpha = 0.0 if variant in ("original", "aia_no_utility") else float(cfg.get("alpha", 0.5))
-        beta = 0.0 if variant == "original" else float(cfg.get("beta", 0.5))
+        alpha, beta = effective_weights(report["provenance"]["model_config"])
         row = report["privacy_utility"]["rows"][0]
         utility = (row["utility"] or {}).get("siamese", {})
         points.append({
