@@ -48,7 +48,8 @@ def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys, m
         assert f"\n{heading}\n" in f"\n{report}", heading
     for name in tiny_saved_models:  # a row per model in the headline, inference, apply and training tables
         assert report.count(f"| {name} |") >= 3 and f"conceal apply {name}" in report
-    for measured_text in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "apply / blur", "data wait", "peak RSS (MiB)"):
+    for measured_text in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "channels_last + folded BN / eager",
+                          "efficiency (of peak, channels_last + folded BN)", "apply / blur", "data wait", "peak RSS (MiB)"):
         assert measured_text in report
     assert not re.search(r"\b(nan|inf)\b", report)
     assert "--threads 1" in report  # the recorded command repeats the thread setting
@@ -63,11 +64,19 @@ def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys, m
     assert "**Noisy run**" in report and "**noisy**" in section
     assert f"Peak used: {max(m.gflops for m in measured):.1f} GFLOP/s" in section
 
-    # Profile: the concealer only (the default), eager and channels_last, a by-layer line and at most 10 ops each.
+    # Inference: every backend in each of the three column groups (eager, then the others).
+    section = report.split("## Inference")[1].split("\n## ")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| model |"))
+    assert header.count("| channels_last |") == 3 and header.count("| channels_last + folded BN |") == 3
+    assert header.count("| onnxruntime |") == 3
+
+    # Profile: the concealer only (the default), every torch backend, a by-layer line and at most 10 ops each.
     section = report.split("## Profile")[1].split("\n## ")[0]
-    assert section.count("### ") == 2 and "### concealer, eager" in section and "### concealer, channels_last" in section
-    assert section.count("By layer: ") == 2 and "conv2d" in section
-    assert 2 <= section.count("| `aten::") <= 20
+    assert section.count("### ") == 3
+    for backend in ("eager (", "channels_last (", "channels_last + folded BN ("):
+        assert f"### concealer, {backend}" in section
+    assert section.count("By layer: ") == 3 and "conv2d" in section
+    assert 3 <= section.count("| `aten::") <= 30
 
 
 @pytest.mark.slow
@@ -114,15 +123,17 @@ def test_profile_of_the_concealer_says_where_the_time_goes(synthetic_small):
     torch.manual_seed(0)
     model = bench.BenchModel("c", None, tiny_method("concealer", synthetic_small.schema).eval())
     result = profile_inference(model, dataclasses.replace(QUICK, batch=2))
-    assert set(result) == {"eager", "channels_last"}
-    for prof in result.values():
+    assert set(result) == {"eager", "channels_last", "folded"}
+    for backend, prof in result.items():
         assert 0 < len(prof["ops"]) <= bench.PROFILE_TOP and prof["ms"] > 0
         shares = [share for _, share, _, _ in prof["ops"]]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
         assert all(calls > 0 and sum(under.values()) == pytest.approx(1) for _, _, calls, under in prof["ops"])
         layers = dict(prof["layers"])
         assert sum(layers.values()) == pytest.approx(1)
-        assert {"aten::conv2d", "aten::conv_transpose2d", "aten::batch_norm"} <= set(layers)
+        assert {"aten::conv2d", "aten::conv_transpose2d"} <= set(layers)
+        # Folded: every batch norm of the concealer follows a conv, so none is left to run.
+        assert ("aten::batch_norm" in layers) == (backend != "folded")
 
 
 def test_without_models_each_method_is_a_fresh_default_model(tmp_path):

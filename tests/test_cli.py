@@ -137,3 +137,21 @@ def test_apply_crops_like_the_model_was_trained(tiny_model_dir, tmp_path):
     info["data"].update(dataset="lfw", crop=None)
     (lfw_model / "model.json").write_text(json.dumps(info))
     assert _model_crop(lfw_model, None) == 0.5
+
+
+def test_apply_and_encode_fold_batch_norm_and_erase_does_not(tiny_model_dir, photo_folder, tmp_path, monkeypatch):
+    """apply/encode never train or save, so they run the folded (faster) model; erase saves the method's
+    state_dict, so it must load it unfolded (test_methods checks the erased model reloads)."""
+    import conceal.methods
+
+    calls, load_api = [], conceal.methods.load_api
+
+    def spy(path, *args, **kwargs):
+        calls.append(kwargs.get("fold_batch_norm", False))
+        return load_api(path, *args, **kwargs)
+
+    monkeypatch.setattr(conceal.methods, "load_api", spy)
+    assert main(["apply", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "c.npz")]) == 0
+    assert main(["erase", str(tiny_model_dir), "-o", str(tmp_path / "erased")]) == 0
+    assert calls == [True, True, False]

@@ -125,3 +125,88 @@ def test_erase_refuses_a_model_without_codes(tiny_saved_models, tmp_path, capsys
 
     assert main(["erase", str(tiny_saved_models["masker"]), "-o", str(tmp_path / "x")]) == 2
     assert "releases images, not codes" in capsys.readouterr().err
+
+
+def _with_random_batch_norm_statistics(method):
+    """Running statistics and affine parameters far from their init (mean 0, var 1, γ 1, β 0), so folding has work to do."""
+    g = torch.Generator().manual_seed(1)
+    for bn in method.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            bn.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+            bn.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            bn.bias.data.copy_(0.6 * torch.rand(n, generator=g) - 0.3)
+    return method
+
+
+def _conv_bn_pairs(module) -> int:
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    return sum(isinstance(a, convs) and isinstance(b, torch.nn.BatchNorm2d)
+               for seq in module.modules() if isinstance(seq, torch.nn.Sequential)
+               for a, b in zip(seq, list(seq)[1:]))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_fold_batch_norm_keeps_the_release(name, synthetic_small):
+    """Folding every (conv, BN) pair of a method's release graph changes its outputs by float rounding only,
+    leaves no BatchNorm2d in the folded Sequentials and keeps the conv weights channels_last."""
+    import copy
+
+    from conceal.export import example_inputs, graph_of, input_names
+    from conceal.methods.blocks import fold_batch_norm, has_folded_batch_norm
+
+    torch.manual_seed(0)
+    method = _with_random_batch_norm_statistics(tiny_method(name, synthetic_small.schema))
+    if hasattr(method.cfg, "keep"):
+        # The masker's top-K is a hard selection: rounding could swap two pixels of near-equal mask value.
+        method.cfg.keep = 1.0
+    method.eval().to(memory_format=torch.channels_last)
+    folded = copy.deepcopy(method)
+    pairs = _conv_bn_pairs(method)
+    assert fold_batch_norm(folded) == pairs and _conv_bn_pairs(folded) == 0
+    assert has_folded_batch_norm(folded) == (pairs > 0) and not has_folded_batch_norm(method)
+    for seq in folded.modules():
+        if getattr(seq, "batch_norm_folded", False):
+            assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seq)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in folded.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+    inputs = example_inputs(method, 8)
+    args = [inputs[n] for n in input_names(method)]
+    with torch.inference_mode():
+        before, after = graph_of(method)(*args), graph_of(folded)(*args)
+    before, after = (before, after) if isinstance(before, tuple) else ((before,), (after,))
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+    assert fold_batch_norm(folded) == 0  # nothing left to fold
+
+
+def test_fold_batch_norm_refuses_a_training_module(synthetic_small):
+    from conceal.methods.blocks import fold_batch_norm
+
+    method = tiny_method("concealer", synthetic_small.schema).train()
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(method)
+    with pytest.raises(ValueError, match="eval mode"):  # one part still training is enough
+        method.eval().decoder.train()
+        fold_batch_norm(method)
+    assert _conv_bn_pairs(method) > 0  # untouched
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_folded_api_applies_like_the_unfolded_one_and_cannot_be_saved(name, tiny_saved_models, synthetic_small, tmp_path):
+    from conceal.methods import load_api
+    from conceal.train.checkpoint import CheckpointError, write_model_files
+
+    plain, folded = load_api(tiny_saved_models[name]), load_api(tiny_saved_models[name], fold_batch_norm=True)
+    assert _conv_bn_pairs(folded.method) == 0
+    images = synthetic_small.images[:8]
+    a, b = plain.apply(images).astype(int), folded.apply(images).astype(int)
+    # uint8 rounding: at most one level (the masker's top-K could swap two near-equal pixels: allow a few)
+    assert np.abs(a - b).max() <= 1 or (np.abs(a - b) > 1).mean() < 0.01
+    if "codes" in plain.method.releases:
+        np.testing.assert_allclose(folded.encode(images), plain.encode(images), rtol=0, atol=1e-4)
+    if _conv_bn_pairs(plain.method):
+        with pytest.raises(CheckpointError, match="folded"):
+            write_model_files(tmp_path, folded.method, RunConfig(method=name, model=folded.method.cfg))
+        assert not (tmp_path / "model.safetensors").exists()

@@ -1,13 +1,14 @@
 """``conceal bench``: one run measures every number of ``benchmarks/RESULTS.md`` on this machine.
 
 - inference of each model's release (the graph ``conceal export`` writes): batch-1 latency and
-  large-batch throughput in torch eager, torch channels_last and onnxruntime; FLOPs per image (torch's
+  large-batch throughput in torch eager, torch channels_last, torch channels_last with batch norms folded
+  into the convs (what ``conceal apply`` runs) and onnxruntime; FLOPs per image (torch's
   FlopCounterMode: convolutions and matmuls) and the GFLOP/s achieved, against the fp32 matmul peak
   measured in the same run, with the same threads, right before and right after the model
   measurements (several sizes, several sustained repeats each; a run whose two peaks differ by more
   than 10% is flagged as noisy);
 - where the inference time goes: torch.profiler over large-batch forwards of chosen methods' models
-  (default: the concealer), eager and channels_last: top ops by self CPU time, and time per layer kind;
+  (default: the concealer), per torch backend: top ops by self CPU time, and time per layer kind;
 - end-to-end ``conceal apply`` (the CLI's own code path, in process) over a folder of generated
   200×200 JPEGs, against decode -> Gaussian blur -> encode of the same folder (Pillow);
 - training throughput and the share of step time spent waiting for data (the training loop's own
@@ -45,6 +46,10 @@ from .methods import METHODS, Method, build_method
 BLUR_SIGMA = 8.0  # px on a 200 px photo: a face blurred past recognition
 NOISY_PEAK = 0.10  # relative difference of the matmul peaks before and after the models that flags a noisy run
 PROFILE_TOP = 10  # ops listed per profiled backend
+TORCH_BACKENDS = ("eager", "channels_last", "folded")
+BACKENDS = (*TORCH_BACKENDS, "onnxruntime")
+APPLY_BACKEND = "folded"  # what `conceal apply` runs (load_api(..., fold_batch_norm=True)): the headline's efficiency
+BACKEND_NAMES = {"eager": "eager", "channels_last": "channels_last", "folded": "channels_last + folded BN", "onnxruntime": "onnxruntime"}
 
 
 @dataclass
@@ -240,20 +245,24 @@ def flops_per_image(method: Method) -> float:
 
 
 def torch_runners(method: Method, batch: int) -> dict:
-    """backend -> a no-argument call of the release graph on ``batch`` example inputs: "eager" (NCHW) and
-    "channels_last" (NHWC weights and images, as `conceal apply` runs it). Call them under inference_mode."""
+    """backend -> a no-argument call of the release graph on ``batch`` example inputs: "eager" (NCHW),
+    "channels_last" (NHWC weights and images) and "folded" (channels_last with each batch norm folded into
+    its conv, as `conceal apply` runs it). Call them under inference_mode."""
     from .export import example_inputs, graph_of, input_names
+    from .methods.blocks import fold_batch_norm
 
     eager = graph_of(method)
     channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    folded = copy.deepcopy(channels_last)
+    fold_batch_norm(folded)
     inputs = example_inputs(method, batch)
     args = [inputs[n] for n in input_names(method)]
     cl_args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
-    return {"eager": lambda: eager(*args), "channels_last": lambda: channels_last(*cl_args)}
+    return {"eager": lambda: eager(*args), "channels_last": lambda: channels_last(*cl_args), "folded": lambda: folded(*cl_args)}
 
 
 def bench_inference(model: BenchModel, counts: Counts, work: Path) -> dict:
-    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (eager, channels_last, onnxruntime)."""
+    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (``BACKENDS``)."""
     from .export import example_inputs, export_onnx, input_names, onnx_session
 
     method, names = model.method, input_names(model.method)
@@ -493,7 +502,8 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         "",
         "## Headline ratios",
         "",
-        f"Throughput at batch {counts.batch}; efficiency = achieved GFLOP/s of the best backend / this machine's fp32 matmul peak "
+        f"Throughput at batch {counts.batch}; efficiency = achieved GFLOP/s of {BACKEND_NAMES[APPLY_BACKEND]}, the torch backend "
+        "`conceal apply` runs, / this machine's fp32 matmul peak "
         f"({peak:.1f} GFLOP/s sustained, {_threads(threads)}, the higher of before and after the models: see Matmul peak); apply / blur = time of `conceal apply` / time of decode → blur → encode over the same "
         f"{counts.apply_files} photos (> 1: apply is slower); RSS ×{n_large // n_small} files = peak RSS over {n_large} files / over {n_small}.",
         "",
@@ -502,12 +512,13 @@ def run_benchmarks(cfg: BenchConfig) -> str:
     for m in models:
         inf, tr = inference[m.label], training[m.label]
         tp = inf["throughput"]
-        best = max(tp.values()) * inf["flops"] / 1e9
+        achieved = tp[APPLY_BACKEND] * inf["flops"] / 1e9
         rows.append([m.label, f"{tp['onnxruntime'] / tp['eager']:.2f}×", f"{tp['channels_last'] / tp['eager']:.2f}×",
-                     f"{100 * best / peak:.1f}%", f"{apply_s[m.label] / blur_s:.2f}", f"{100 * tr['data_wait']:.1f}%",
-                     f"{rss[n_large] / rss[n_small]:.2f}" if m is rss_model else "—"])
-    lines += _table(["model", "onnxruntime / eager", "channels_last / eager", "efficiency (of peak)", "apply / blur",
-                     "training data wait", f"RSS ×{n_large // n_small} files"], rows)
+                     f"{tp['folded'] / tp['eager']:.2f}×", f"{100 * achieved / peak:.1f}%", f"{apply_s[m.label] / blur_s:.2f}",
+                     f"{100 * tr['data_wait']:.1f}%", f"{rss[n_large] / rss[n_small]:.2f}" if m is rss_model else "—"])
+    lines += _table(["model", "onnxruntime / eager", "channels_last / eager", f"{BACKEND_NAMES['folded']} / eager",
+                     f"efficiency (of peak, {BACKEND_NAMES[APPLY_BACKEND]})", "apply / blur", "training data wait",
+                     f"RSS ×{n_large // n_small} files"], rows)
     if noisy:
         lines += [f"**Noisy run**: the matmul peak measured before the models ({peak_before.gflops:.1f} GFLOP/s) and after them "
                   f"({peak_after.gflops:.1f}) differ by {100 * drift:.1f}% (> {100 * NOISY_PEAK:.0f}%): the machine's speed moved "
@@ -541,7 +552,8 @@ def run_benchmarks(cfg: BenchConfig) -> str:
     lines += ["## Inference", "",
               "The release graph `conceal export` writes (concealer: encode μ + decode with the attributes; masker: the "
               "masked image; anonymizer: the reconstruction), on float32 input; no image decoding or writing. Eager: "
-              "NCHW tensors and weights; channels_last: NHWC, as `conceal apply` runs it. "
+              "NCHW tensors and weights; channels_last: NHWC; channels_last + folded BN: NHWC with each eval-mode batch "
+              "norm folded into the conv before it (`torch.nn.utils.fusion.fuse_conv_bn_eval`), as `conceal apply` runs it. "
               f"{_threads(threads)} (torch and onnxruntime intra-op), as the matmul peak. "
               f"Latency: median of {counts.latency_iters} batch-1 calls; throughput: median of {counts.batch_iters} "
               f"batch-{counts.batch} calls. FLOPs: convolutions and matmuls (torch FlopCounterMode), 2 per multiply-add.", ""]
@@ -551,12 +563,12 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         lat, tp = inf["latency_s"], inf["throughput"]
         gflops = {b: tp[b] * inf["flops"] / 1e9 for b in tp}
         rows.append([m.label, f"{inf['flops'] / 1e6:.1f}",
-                     *(_ms(lat[b]) for b in ("eager", "channels_last", "onnxruntime")),
-                     *(f"{tp[b]:.0f}" for b in ("eager", "channels_last", "onnxruntime")),
-                     *(f"{gflops[b]:.1f} ({100 * gflops[b] / peak:.1f}%)" for b in ("eager", "channels_last", "onnxruntime"))])
-    lines += _table(["model", "MFLOPs / image", "batch-1 ms eager", "channels_last", "onnxruntime",
-                     f"batch-{counts.batch} img/s eager", "channels_last", "onnxruntime",
-                     "GFLOP/s (of peak) eager", "channels_last", "onnxruntime"], rows)
+                     *(_ms(lat[b]) for b in BACKENDS),
+                     *(f"{tp[b]:.0f}" for b in BACKENDS),
+                     *(f"{gflops[b]:.1f} ({100 * gflops[b] / peak:.1f}%)" for b in BACKENDS)])
+    others = [BACKEND_NAMES[b] for b in BACKENDS[1:]]
+    lines += _table(["model", "MFLOPs / image", "batch-1 ms eager", *others, f"batch-{counts.batch} img/s eager", *others,
+                     "GFLOP/s (of peak) eager", *others], rows)
 
     lines += ["## Profile", ""]
     if not profiles:
@@ -567,7 +579,8 @@ def run_benchmarks(cfg: BenchConfig) -> str:
                   "(the profiler adds overhead: read the shares, not the times). Top ops by **self CPU** time (in the op "
                   "itself, not in the ops it calls), as a share of all self time, with calls per forward. **By layer**: the "
                   "ops the forward calls directly (conv2d, conv_transpose2d, batch_norm, ...), each with everything it calls; an "
-                  "op's layers: those holding ≥ 5% of its self time (…: smaller ones).", ""]
+                  "op's layers: those holding ≥ 5% of its self time (…: smaller ones). Every torch backend of the Inference "
+                  "table (channels_last + folded BN has no batch_norm left: it is in the convs' weights).", ""]
         for label, by_backend in profiles.items():
             for backend, prof in by_backend.items():
                 major = [(name, share) for name, share in prof["layers"] if share >= 0.01]
@@ -575,7 +588,7 @@ def run_benchmarks(cfg: BenchConfig) -> str:
                 layers = ", ".join(f"{name.removeprefix('aten::')} {100 * share:.1f}%" for name, share in major)
                 if rest >= 0.0005:
                     layers += f", other {100 * rest:.1f}%"
-                lines += [f"### {label}, {backend} ({prof['ms']:.1f} ms per profiled forward)", "", f"By layer: {layers}.", ""]
+                lines += [f"### {label}, {BACKEND_NAMES[backend]} ({prof['ms']:.1f} ms per profiled forward)", "", f"By layer: {layers}.", ""]
                 lines += _table(["op", "self CPU", "calls / forward", "in layers (share of its self time)"],
                                 [[f"`{name}`", f"{100 * share:.1f}%", f"{calls:g}", _shares(under)]
                                  for name, share, calls, under in prof["ops"]])

@@ -159,7 +159,7 @@ def cmd_apply(args) -> int:
 
     from .methods import load_api
 
-    model = load_api(args.model)
+    model = load_api(args.model, fold_batch_norm=True)  # inference only: never trained or saved here
     options = {"as_": _parse_attributes(args.as_)} if args.as_ is not None else {}
     try:
         model.check_options(**options)  # bad attributes fail before any file is touched
@@ -200,7 +200,7 @@ def cmd_apply(args) -> int:
 def cmd_encode(args) -> int:
     from .methods import load_api
 
-    model = load_api(args.model)
+    model = load_api(args.model, fold_batch_norm=True)  # inference only: never trained or saved here
     if "codes" not in model.method.releases:
         raise ConfigError(f"a {model.method.name} model releases images, not codes: use conceal apply")
     files, skipped = iter_image_files(args.inputs)
@@ -231,7 +231,7 @@ def cmd_erase(args) -> int:
         raise ConfigError(f"--covariance-rank must be 0 or more, not {args.covariance_rank}")
     source = model_dir(args.model)
     info = read_model_info(source)
-    method = load_api(source).method
+    method = load_api(source).method  # not folded: its state_dict is saved below
     if "codes" not in method.releases:
         raise ConfigError(f"a {method.name} model releases images, not codes: there are no codes to erase")
     # The training run's own resolved config, so the written config.toml still says how it was trained.
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "model measurement alike (default: torch's)")
     profiled = be.add_mutually_exclusive_group()
     profiled.add_argument("--profile", nargs="*", metavar="METHOD", choices=METHOD_NAMES,
-                          help="profile the batch inference (torch.profiler, eager and channels_last) of these methods' "
+                          help="profile the batch inference (torch.profiler, each torch backend) of these methods' "
                                f"models ({', '.join(METHOD_NAMES)}; none named: every one), for the report's top ops by "
                                "self CPU time (default: the concealer's)")
     profiled.add_argument("--no-profile", action="store_true", help="skip the profile section")

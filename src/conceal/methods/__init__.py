@@ -23,12 +23,15 @@ APIS: dict[str, type[ModelAPI]] = {
 }
 
 
-def load_api(path, device: str = "cpu") -> ModelAPI:
-    """Open any trained model (models/NAME or a run directory) through its method's API class."""
+def load_api(path, device: str = "cpu", fold_batch_norm: bool = False) -> ModelAPI:
+    """Open any trained model (models/NAME or a run directory) through its method's API class.
+
+    ``fold_batch_norm=True``: batch norms folded into their convs, for inference only (see ``ModelAPI``).
+    """
     from ..train.checkpoint import read_model_info
 
     name = read_model_info(path)["method"]
-    return APIS[name].load(path, device=device)
+    return APIS[name].load(path, device=device, fold_batch_norm=fold_batch_norm)
 
 
 def method_class(name: str) -> type[Method]:

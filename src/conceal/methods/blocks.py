@@ -1,6 +1,8 @@
-"""Building blocks shared by the methods: conv stacks, label encoding, attribute heads, gradient reversal."""
+"""Building blocks shared by the methods: conv stacks, batch-norm folding, label encoding, attribute heads, gradient reversal."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,52 @@ def conv_decoder(out_channels: int, width: int, n_up: int, max_channels: int = 5
         layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
     layers += [nn.Conv2d(width // 2, out_channels, 3, padding=1), nn.Sigmoid()]
     return nn.Sequential(*layers)
+
+
+FOLDED = "batch_norm_folded"  # attribute set on an nn.Sequential whose batch norms were folded (checked before saving)
+
+
+def _memory_format(weight: torch.Tensor) -> torch.memory_format:
+    channels_last = weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last and not weight.is_contiguous() else torch.contiguous_format
+
+
+def fold_batch_norm(module: nn.Module) -> int:
+    """Fold each BatchNorm2d that directly follows a Conv2d/ConvTranspose2d in an nn.Sequential into that conv.
+
+    For inference only: in eval mode BN is an affine map per channel (running statistics), so conv then BN is
+    one conv with weight w·γ/√(σ²+ε) and bias (b − μ)·γ/√(σ²+ε) + β (``torch.nn.utils.fusion.fuse_conv_bn_eval``),
+    and the forward skips one pass over every activation. The BN becomes ``nn.Identity`` and the conv gains a
+    bias, so the state_dict changes: a folded module can be neither trained (no batch statistics any more) nor
+    saved as the method's weights (``write_model_files`` refuses it). Outputs agree to float rounding (~1e-6).
+    The conv weights keep their memory format (channels_last stays channels_last). Pairs that cannot be folded
+    (a BN without running statistics, a grouped transposed conv) are left as they are. Returns how many were folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if any(m.training for m in module.modules()):
+        raise ValueError("fold_batch_norm needs a module in eval mode (batch norm must use its running statistics): call .eval() first")
+    folded = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in itertools.pairwise(names):
+            conv, bn = seq._modules[first], seq._modules[second]
+            transpose = isinstance(conv, nn.ConvTranspose2d)
+            if not (isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels or (transpose and conv.groups != 1):
+                continue
+            fused = fuse_conv_bn_eval(conv, bn, transpose=transpose)
+            fused.weight = nn.Parameter(fused.weight.detach().contiguous(memory_format=_memory_format(conv.weight)), fused.weight.requires_grad)
+            seq._modules[first], seq._modules[second] = fused, nn.Identity()
+            setattr(seq, FOLDED, True)
+            folded += 1
+    return folded
+
+
+def has_folded_batch_norm(module: nn.Module) -> bool:
+    """Whether ``fold_batch_norm`` changed any part of ``module`` (its state_dict is then not the method's)."""
+    return any(getattr(m, FOLDED, False) for m in module.modules())
 
 
 class GradientReversal(torch.autograd.Function):

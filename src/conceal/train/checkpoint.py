@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..config import RunConfig, from_dict, save_toml, to_dict
 from ..data.schema import LabelSchema
 from ..methods import Method, build_method, method_class
+from ..methods.blocks import has_folded_batch_norm
 
 FORMAT = "conceal-model/1"
 
@@ -58,6 +59,9 @@ def _unflatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, m
 
 def write_model_files(directory: Path, method: Method, run_cfg: RunConfig, extra: dict | None = None) -> None:
     """model.safetensors + model.json + config.toml into ``directory`` (which must exist)."""
+    if has_folded_batch_norm(method):
+        raise CheckpointError(f"this {method.name} model has its batch norms folded for inference (load it without "
+                              "fold_batch_norm to train or save it): its weights would not load as the method's")
     weights = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
     save_file(weights, directory / "model.safetensors", metadata={"format": FORMAT, "method": method.name})
     info = {
