@@ -228,3 +228,23 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     assert "image_attack=False" in sections["image_leakage"]["skipped"] and sections["samples"]["cnn_seeds"] == []
     text = render_markdown({"provenance": {"method": "anonymizer"}, **to_plain(sections)})
     assert "## Released reconstructions, attacked by a fresh CNN" in text and "Skipped: not asked for" in text
+
+
+def test_tradeoff_table_and_figure_over_an_alpha_beta_sweep(audited, tmp_path):
+    from conceal.audit.anonymizer import tradeoff_figure, tradeoff_markdown, tradeoff_points
+
+    _, data, _ = audited
+    paths = []
+    for alpha, beta in ((0.0, 0.5), (0.5, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0)):
+        report = json.loads(json.dumps(data))
+        report["provenance"]["model_config"] |= {"variant": "aia", "alpha": alpha, "beta": beta}
+        report["privacy_utility"]["rows"][0]["privacy"]["auc"] = 0.9 - 0.1 * beta  # a trend the table must carry
+        paths.append(tmp_path / f"a{alpha}-b{beta}.json")
+        paths[-1].write_text(json.dumps(report))
+    points = tradeoff_points(paths)
+    assert [(p["alpha"], p["beta"]) for p in points] == [(0.0, 0.5), (0.5, 0.5), (1.0, 0.5), (0.5, 0.0), (0.5, 1.0)]
+    assert [p["privacy_auc"] for p in points] == pytest.approx([0.85, 0.85, 0.85, 0.9, 0.8])
+    lines = [line for line in tradeoff_markdown(paths).splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert len(lines) == 5 and lines[3].split(" | ")[3] == "0.900"
+    assert tradeoff_figure(paths, tmp_path / "tradeoff.png") == "tradeoff.png"
+    assert (tmp_path / "tradeoff.png").stat().st_size > 1000
