@@ -513,25 +513,39 @@ def compare_maskers(report_jsons: list[str | Path], plot: str | Path | None = No
 
 
 def _sweep_figure(baselines: list[dict], models: list[tuple[dict, dict]], path: Path) -> None:
+    """Task balanced accuracy, face similarity (dlib cosine, not centred: an unrelated pair scores ~0.84, so its
+    axis is not from 0) and the identity rates (judged same person, re-identification rank-1) against K."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    measures = ((lambda r: r["task"].get("balanced_accuracy", np.nan), "fresh CNN task balanced accuracy"),
-                (lambda r: ((r.get("face") or {}).get("cosine") or {}).get("mean", np.nan), "face similarity (dlib cosine)"))
-    for ax, (value, ylabel) in zip(axes, measures):
-        for variant in sorted({report["table"]["variant"] for report, _ in models}):
-            points = sorted((report["table"]["keep"], value(row)) for report, row in models if report["table"]["variant"] == variant)
-            ax.plot(*zip(*points), marker="o", label=VARIANT_TITLES.get(variant, variant))
-        for row in baselines:
-            ax.scatter(row["pixels_revealed"], value(row), marker="x", color="k")
-            ax.annotate(row["row"], (row["pixels_revealed"], value(row)), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+
+    def face(row: dict, key: str) -> float:
+        return ((row.get("face") or {}).get(key) or {}).get("mean", np.nan)
+
+    def reid(row: dict) -> float:
+        return ((row.get("reid") or {}).get("rank1") or {}).get("mean", np.nan)
+
+    panels = (
+        ((("fresh CNN", lambda r: r["task"].get("balanced_accuracy", np.nan)),), "task balanced accuracy ↑", (0, 1.05)),
+        ((("dlib cosine", lambda r: face(r, "cosine")),), "face similarity, release vs original ↓", None),
+        ((("judged same person", lambda r: face(r, "same_person_rate")), ("re-id rank-1", reid)), "identity rate ↓", (0, 1.05)),
+    )
+    for ax, (measures, ylabel, ylim) in zip(axes, panels):
+        for name, value in measures:
+            for variant in sorted({report["table"]["variant"] for report, _ in models}):
+                points = sorted((report["table"]["keep"], value(row)) for report, row in models if report["table"]["variant"] == variant)
+                label = VARIANT_TITLES.get(variant, variant) + (f": {name}" if len(measures) > 1 else "")
+                ax.plot(*zip(*points), marker="o", label=label)
+            for row in baselines:
+                ax.scatter(row["pixels_revealed"], value(row), marker="x", color="k")
+                ax.annotate(row["row"], (row["pixels_revealed"], value(row)), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("pixels revealed (K for a masker)")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path.parent, path.name)
 
 
 # --------------------------------------------------------------------------------------------------
