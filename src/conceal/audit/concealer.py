@@ -599,31 +599,50 @@ def leakage_sweep_figure(report_jsons: list[str | Path], path: str | Path, by: s
     ``path`` and returns it; returns None and writes nothing when the reports hold fewer than 2 distinct values."""
     if by not in SWEEPS:
         raise ValueError(f"by must be one of {', '.join(SWEEPS)}, not {by!r}")
-    points = []
+    points = []  # (x, the other sweep keys' values: the line it belongs to, code_leakage labels)
     for p in report_jsons:
         report = json.loads(Path(p).read_text())
-        value = sweep_value(_config(report), by)
+        cfg = _config(report)
+        value = sweep_value(cfg, by)
         if value is not None and "code_leakage" in report:
-            points.append((float(value), report["code_leakage"]["labels"]))
-    if len({x for x, _ in points}) < 2:
+            others = tuple((key, sweep_value(cfg, key)) for key in SWEEPS if key != by)
+            points.append((float(value), others, report["code_leakage"]["labels"]))
+    if len({x for x, _, _ in points}) < 2:
         return None
     points.sort(key=lambda point: point[0])
-    xs = [x for x, _ in points]
+    # One line per setting of the other hyperparameters (e.g. with and without the eraser), named by
+    # what differs between the lines; the raw-pixel reference once per x.
+    lines = sorted({others for _, others, _ in points}, key=str)
+    varying = [i for i in range(len(lines[0])) if len({line[i][1] for line in lines}) > 1]
+    xs = sorted({x for x, _, _ in points})
     panels = (("gender", "balanced_accuracy", "gender: balanced accuracy ↓"), ("race", "auc", "race: macro-AUC ↓"))
+    colors = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+
+    def score(labels: dict, label: str, source: str, metric: str) -> tuple[float, float]:
+        r = labels.get(label, {}).get(source) or {}
+        s = (r.get("attackers", {}).get(_best(r)) or {}).get(metric) or {}
+        return (np.nan if s.get("mean") is None else s["mean"]), (s.get("std") or 0.0)
+
     for ax, (label, metric, ylabel) in zip(axes, panels):
-        for source, style, color, name in (("codes", "o-", "tab:red", "codes (best fresh attacker)"),
-                                           ("original", "s:", "tab:gray", "raw pixels by PCA to the code size")):
-            results = [labels.get(label, {}).get(source) or {} for _, labels in points]
-            scores = [(r.get("attackers", {}).get(_best(r)) or {}).get(metric) or {} for r in results]
-            means = [np.nan if s.get("mean") is None else s["mean"] for s in scores]
-            stds = [s.get("std") or 0.0 for s in scores]
-            ax.errorbar(xs, means, yerr=stds, fmt=style, color=color, capsize=3, label=name)
+        for k, line in enumerate(lines):
+            mine = [(x, labels) for x, others, labels in points if others == line]
+            name = "codes (best fresh attacker)"
+            if varying:
+                name += ", " + ", ".join(f"{SWEEPS[line[i][0]].split(' (')[0]} {line[i][1]:g}" for i in varying)
+            values = [score(labels, label, "codes", metric) for _, labels in mine]
+            ax.errorbar([x for x, _ in mine], [m for m, _ in values], yerr=[sd for _, sd in values], fmt="o-",
+                        color=colors[k % len(colors)], capsize=3, label=name)
+        # The raw-pixel reference is reduced to each model's code size: one per line unless all lines share it.
+        references = {tuple((x, score(labels, label, "original", metric)) for x, o, labels in points if o == line) for line in lines}
+        for k, reference in enumerate(sorted(references)):
+            ax.errorbar([x for x, _ in reference], [m for _, (m, _) in reference], yerr=[sd for _, (_, sd) in reference],
+                        fmt="s:", color="tab:gray", capsize=3, label=None if k else "raw pixels by PCA to the code size")
         if metric == "auc":
             chance = 0.5
         else:
-            chances = [(labels.get(label, {}).get("codes") or {}).get("chance_balanced_accuracy") for _, labels in points]
+            chances = [(labels.get(label, {}).get("codes") or {}).get("chance_balanced_accuracy") for _, _, labels in points]
             chance = next((c for c in chances if c is not None), None)
         if chance is not None:
             ax.axhline(chance, color="k", linestyle="--", linewidth=0.8, label="chance")
