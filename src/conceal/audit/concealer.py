@@ -430,36 +430,28 @@ def _best(result: dict | None) -> str | None:
     return (result or {}).get("best", {}).get("attacker")
 
 
-def _class_cell(result: dict | None, kept: bool = False) -> str:
-    """Best attacker's balanced accuracy / macro-AUC: "0.252 / 0.558 (mlp)"."""
+def _cell(result: dict | None, kept: bool, text) -> str:
+    """One leakage cell: "—" without a result, "skipped", else ``text(result)`` (+ " (kept)" for a kept label)."""
     if result is None:
         return "—"
     if "skipped" in result:
         return "skipped"
-    best = _best(result)
-    text = f"{num(_mean(result, best, 'balanced_accuracy'))} / {num(_mean(result, best, 'auc'))} ({best})"
-    return text + (" (kept)" if kept else "")
+    return text(result) + (" (kept)" if kept else "")
+
+
+def _class_cell(result: dict | None, kept: bool = False) -> str:
+    """Best attacker's balanced accuracy / macro-AUC: "0.252 / 0.558 (mlp)"."""
+    return _cell(result, kept, lambda r: f"{num(_mean(r, _best(r), 'balanced_accuracy'))} / {num(_mean(r, _best(r), 'auc'))} ({_best(r)})")
 
 
 def _age_cell(result: dict | None, kept: bool = False) -> str:
     """Best attacker's MAE / the mean-guess MAE: "15.8 / 15.7 (linear)"."""
-    if result is None:
-        return "—"
-    if "skipped" in result:
-        return "skipped"
-    best = _best(result)
-    text = f"{num(_mean(result, best, 'mae'), 1)} / {num(_mean(result, 'baseline', 'mae'), 1)} ({best})"
-    return text + (" (kept)" if kept else "")
+    return _cell(result, kept, lambda r: f"{num(_mean(r, _best(r), 'mae'), 1)} / {num(_mean(r, 'baseline', 'mae'), 1)} ({_best(r)})")
 
 
 def _linear_mlp_cell(result: dict | None, kept: bool = False) -> str:
     """Balanced accuracy of the linear and the MLP attacker: "0.512 / 0.593"."""
-    if result is None:
-        return "—"
-    if "skipped" in result:
-        return "skipped"
-    text = f"{num(_mean(result, 'linear', 'balanced_accuracy'))} / {num(_mean(result, 'mlp', 'balanced_accuracy'))}"
-    return text + (" (kept)" if kept else "")
+    return _cell(result, kept, lambda r: f"{num(_mean(r, 'linear', 'balanced_accuracy'))} / {num(_mean(r, 'mlp', 'balanced_accuracy'))}")
 
 
 def _leakage_cells(report: dict, on_codes: str, on_images: str) -> list[str]:
