@@ -13,13 +13,12 @@ Writes OUT.md (table + commands) and OUT.png (privacy and utility AUCs against �
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from conceal.audit.anonymizer import tradeoff_figure, tradeoff_markdown
+from sweep import train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 LFW = "../shared/datasets/lfw"
@@ -29,11 +28,6 @@ def points() -> list[tuple[float, float]]:
     """(α, β): α swept at β = .5, then β swept at α = .5 (the shared (.5, .5) point once)."""
     sweep = [(a, 0.5) for a in GRID] + [(0.5, b) for b in GRID if b != 0.5]
     return sweep
-
-
-def run(cmd: list[str]) -> None:
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def main(argv=None) -> None:
@@ -46,23 +40,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     reports = []
     for alpha, beta in points():
+        train = ["conceal", "train", "anonymizer", "--config", f"{args.init_from}/config.toml",
+                 "--set", 'model.variant="aia"', "--set", f"model.alpha={alpha}", "--set", f"model.beta={beta}",
+                 "--set", "model.pretrain_steps=0", "--set", "train.threads=1", "--set", "train.max_minutes=0", "--no-progress"]
         run_dir = Path(args.runs) / f"alpha{alpha:g}-beta{beta:g}"
-        report = run_dir / "audit" / "report.json"
-        if not report.exists():
-            done = run_dir / "checkpoint" / "model.json"
-            train = ["conceal", "train", "anonymizer", "--config", f"{args.init_from}/config.toml",
-                     "--set", 'model.variant="aia"', "--set", f"model.alpha={alpha}", "--set", f"model.beta={beta}",
-                     "--set", "model.pretrain_steps=0", "--set", "train.threads=1", "--set", "train.max_minutes=0",
-                     "--epochs", str(args.epochs), "--no-progress", "-o", str(run_dir)]
-            if done.exists() and json.loads(done.read_text()).get("epoch", 0) < args.epochs:
-                train.append("--resume")
-            elif not done.exists():
-                train += ["--init-from", args.init_from]
-            if not done.exists() or json.loads(done.read_text()).get("epoch", 0) < args.epochs:
-                run(train)
-            run(["conceal", "audit", str(run_dir / "checkpoint"), "--dataset", "lfw", "--root", args.root,
-                 "-o", str(run_dir / "audit")])
-        reports.append(report)
+        reports.append(train_then_audit(run_dir, train, args.init_from, args.epochs, "lfw", args.root))
     out = Path(args.out)
     figure = tradeoff_figure(reports, out.with_suffix(".png"))
     command = shlex.join([Path(sys.executable).name, *sys.argv])

@@ -12,20 +12,14 @@ is not redone; an interrupted training continues. Writes OUT.md (table) and OUT.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from conceal.audit.masker import compare_maskers
+from sweep import train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
 
 LFW = "../shared/datasets/lfw"
-
-
-def run(cmd: list[str]) -> None:
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def main(argv=None) -> None:
@@ -39,19 +33,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     reports = [Path(args.init_from) / "audit" / "report.json"]
     for keep in args.keep:
-        run_dir = Path(args.runs) / f"keep{keep:g}"
-        report = run_dir / "audit" / "report.json"
-        if not report.exists():
-            done = run_dir / "checkpoint" / "model.json"
-            epoch = json.loads(done.read_text()).get("epoch", 0) if done.exists() else 0
-            if epoch < args.epochs:
-                train = ["conceal", "train", "masker", "--config", f"{args.init_from}/config.toml",
-                         "--set", f"model.keep={keep}", "--set", "train.threads=1", "--set", "train.max_minutes=0",
-                         "--epochs", str(args.epochs), "--no-progress", "-o", str(run_dir)]
-                run(train + (["--resume"] if done.exists() else ["--init-from", args.init_from]))
-            run(["conceal", "audit", str(run_dir / "checkpoint"), "--dataset", "lfw", "--root", args.root,
-                 "-o", str(run_dir / "audit")])
-        reports.append(report)
+        train = ["conceal", "train", "masker", "--config", f"{args.init_from}/config.toml", "--set", f"model.keep={keep}",
+                 "--set", "train.threads=1", "--set", "train.max_minutes=0", "--no-progress"]
+        reports.append(train_then_audit(Path(args.runs) / f"keep{keep:g}", train, args.init_from, args.epochs, "lfw", args.root))
     out = Path(args.out)
     table = compare_maskers(reports, plot=out.with_suffix(".png"))
     command = shlex.join([Path(sys.executable).name, *sys.argv])

@@ -1,0 +1,28 @@
+"""What the sweep scripts share: train one point of a sweep (or continue it), then audit it; resumable."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+
+def run(cmd: list[str]) -> None:
+    print("$", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: int, dataset: str, root: str) -> Path:
+    """``conceal train ... --epochs E -o run_dir`` starting from ``init_from``'s weights (or ``--resume`` of an
+    interrupted run), then ``conceal audit``; a point whose audit/report.json exists is not redone. Returns
+    the report's path."""
+    report = run_dir / "audit" / "report.json"
+    if report.exists():
+        return report
+    done = run_dir / "checkpoint" / "model.json"
+    if not done.exists():
+        run(train + ["--epochs", str(epochs), "-o", str(run_dir), "--init-from", init_from])
+    elif json.loads(done.read_text()).get("epoch", 0) < epochs:
+        run(train + ["--epochs", str(epochs), "-o", str(run_dir), "--resume"])
+    run(["conceal", "audit", str(run_dir / "checkpoint"), "--dataset", dataset, "--root", root, "-o", str(run_dir / "audit")])
+    return report
