@@ -28,19 +28,23 @@ def synthetic_small():
     return SyntheticFaces(n=600, seed=1, size=32).arrays()
 
 
+def _train_with_cli(tmp_path_factory, name: str, args: list[str]) -> Path:
+    """``conceal train ARGS -o RUN --no-progress`` into a fresh session directory; returns the run directory."""
+    from conceal.cli import main
+
+    run = tmp_path_factory.mktemp(name)
+    assert main(["train", *args, "-o", str(run), "--no-progress"]) == 0
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A concealer trained for one short epoch on synthetic faces through the CLI (a run directory)."""
-    from conceal.cli import main
-
-    run = tmp_path_factory.mktemp("tiny_run")
-    rc = main([
-        "train", "concealer", "--dataset", "synthetic", "--set", "data.synthetic_n=400", "--size", "32",
+    return _train_with_cli(tmp_path_factory, "tiny_run", [
+        "concealer", "--dataset", "synthetic", "--set", "data.synthetic_n=400", "--size", "32",
         "--epochs", "1", "--batch-size", "32", "--latent", "8", "--set", "model.width=8",
-        "--set", "model.critic_weight=1", "--set", "model.classifier_weight=1", "-o", str(run), "--no-progress",
+        "--set", "model.critic_weight=1", "--set", "model.classifier_weight=1",
     ])
-    assert rc == 0
-    return run
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +75,8 @@ def tiny_saved_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def masker_run(tmp_path_factory) -> Path:
     """A tiny masker (task smile, K 0.25) trained for one short epoch on 600 synthetic faces (a run directory)."""
-    from conceal.cli import main
-
-    run = tmp_path_factory.mktemp("masker_run")
-    rc = main([
-        "train", "masker", "--dataset", "synthetic", "--set", "model.task=smile", "--set", "data.synthetic_n=600",
+    return _train_with_cli(tmp_path_factory, "masker_run", [
+        "masker", "--dataset", "synthetic", "--set", "model.task=smile", "--set", "data.synthetic_n=600",
         "--size", "32", "--epochs", "1", "--batch-size", "32", "--set", "model.masker_width=4",
-        "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1", "-o", str(run), "--no-progress",
+        "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1",
     ])
-    assert rc == 0
-    return run
