@@ -12,13 +12,12 @@ Writes OUT.md (table + commands) and OUT.png (privacy and utility AUCs against Î
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from conceal.audit.anonymizer import tradeoff_figure, tradeoff_markdown
-from sweep import train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
+from sweep import sweep_arguments, train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 LFW = "../shared/datasets/lfw"
@@ -31,12 +30,8 @@ def points() -> list[tuple[float, float]]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--runs", default="runs/anonymizer-tradeoff")
-    p.add_argument("--from", dest="init_from", default="models/anonymizer-lfw-original")
-    p.add_argument("--root", default=LFW)
-    p.add_argument("-o", "--out", default="benchmarks/anonymizer_tradeoff")
+    p = sweep_arguments(__doc__.splitlines()[0], epochs=2, runs="runs/anonymizer-tradeoff",
+                        init_from="models/anonymizer-lfw-original", out="benchmarks/anonymizer_tradeoff", root=LFW)
     args = p.parse_args(argv)
     reports = []
     for alpha, beta in points():

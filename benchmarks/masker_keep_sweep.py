@@ -11,25 +11,20 @@ is not redone; an interrupted training continues. Writes OUT.md (table) and OUT.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from conceal.audit.masker import compare_maskers
-from sweep import train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
+from sweep import sweep_arguments, train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
 
 LFW = "../shared/datasets/lfw"
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.5])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--runs", default="runs/masker-keep-sweep")
-    p.add_argument("--from", dest="init_from", default="models/masker-lfw-gender")
-    p.add_argument("--root", default=LFW)
-    p.add_argument("-o", "--out", default="benchmarks/masker_keep_sweep")
+    p = sweep_arguments(__doc__.splitlines()[0], epochs=3, runs="runs/masker-keep-sweep",
+                        init_from="models/masker-lfw-gender", out="benchmarks/masker_keep_sweep", root=LFW)
+    p.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.5], help="K values besides the shipped 0.25")
     args = p.parse_args(argv)
     reports = [Path(args.init_from) / "audit" / "report.json"]
     for keep in args.keep:

@@ -1,10 +1,22 @@
 """What the sweep scripts share: train one point of a sweep (or continue it), then audit it; resumable."""
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
 from pathlib import Path
+
+
+def sweep_arguments(description: str, epochs: int, runs: str, init_from: str, out: str, root: str) -> argparse.ArgumentParser:
+    """The options every sweep script takes (its defaults): --epochs, --runs, --from, --root, -o."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs of each point")
+    p.add_argument("--runs", default=runs, help="directory of the points' runs")
+    p.add_argument("--from", dest="init_from", default=init_from, help="model whose weights every point starts from")
+    p.add_argument("--root", default=root, help="dataset root")
+    p.add_argument("-o", "--out", default=out, help="OUT.md and OUT.png are written")
+    return p
 
 
 def run(cmd: list[str]) -> None:

@@ -81,8 +81,8 @@ class ModelAPI:
         # measured on CPU (default configs, batch 64) apply ran 1.3x (concealer) to 2x (anonymizer) faster.
         self.method = method.eval().to(memory_format=torch.channels_last)
         self.batch_size = batch_size
-        # Folding each eval-mode batch norm into its conv (blocks.fold_batch_norm) made the concealer's batch-256
-        # conceal ~5-10% faster (uint8 outputs within 1 level). It is opt-in, and done in place on the one
+        # Folding each eval-mode batch norm into its conv (blocks.fold_batch_norm) took the concealer's batch-256
+        # inference from 821 to 1,125 img/s in one `conceal bench` run (benchmarks/PROFILING.md; uint8 outputs within 1 level). It is opt-in, and done in place on the one
         # module, not on a private inference copy: a folded method has no BN weights, so it must never be
         # trained or saved again (`conceal erase` loads through load_api, fits an eraser and saves
         # ``method``), and only the caller knows that. A copy would double the weights in memory and could go
