@@ -12,12 +12,10 @@ Writes OUT.md (table + commands) and OUT.png (privacy and utility AUCs against �
 """
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 from conceal.audit.anonymizer import tradeoff_figure, tradeoff_markdown
-from sweep import sweep_arguments, train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
+from sweep import sweep_arguments, train_then_audit, write_sweep_report  # benchmarks/sweep.py: this script's folder is on sys.path
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 LFW = "../shared/datasets/lfw"
@@ -42,18 +40,12 @@ def main(argv=None) -> None:
         reports.append(train_then_audit(run_dir, train, args.init_from, args.epochs, "lfw", args.root))
     out = Path(args.out)
     figure = tradeoff_figure(reports, out.with_suffix(".png"))
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    text = [
-        "# AIA privacy/utility trade-off on LFW (the paper's Fig. 2)", "",
-        f"Produced by `{command}`. Every point fine-tunes the shipped Original's pretrained components for "
-        f"{args.epochs} epochs (102 steps of 64 each) with L_AE + α·L_Siamese − β·L_Adv, then `conceal audit` "
-        "on LFW's test split (911 faces of held-out people).", "",
-        tradeoff_markdown(reports), "",
-        f"![trade-off]({Path(figure).name})", "",
-    ]
-    out.with_suffix(".md").write_text("\n".join(text))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
-
+    write_sweep_report(
+        out, "AIA privacy/utility trade-off on LFW (the paper's Fig. 2)",
+        f"Every point fine-tunes the shipped Original's pretrained components for {args.epochs} epochs (102 steps of "
+        "64 each) with L_AE + α·L_Siamese − β·L_Adv, then `conceal audit` on LFW's test split (911 faces of held-out people).",
+        "\n".join([tradeoff_markdown(reports), f"![trade-off]({Path(figure).name})", ""]),
+    )
 
 if __name__ == "__main__":
     main()

@@ -11,12 +11,10 @@ is not redone; an interrupted training continues. Writes OUT.md (table) and OUT.
 """
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 from conceal.audit.masker import compare_maskers
-from sweep import sweep_arguments, train_then_audit  # benchmarks/sweep.py: this script's folder is on sys.path
+from sweep import sweep_arguments, train_then_audit, write_sweep_report  # benchmarks/sweep.py: this script's folder is on sys.path
 
 LFW = "../shared/datasets/lfw"
 
@@ -33,17 +31,12 @@ def main(argv=None) -> None:
         reports.append(train_then_audit(Path(args.runs) / f"keep{keep:g}", train, args.init_from, args.epochs, "lfw", args.root))
     out = Path(args.out)
     table = compare_maskers(reports, plot=out.with_suffix(".png"))
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    text = [
-        "# Masker K sweep on LFW gender (task accuracy and face similarity against K)", "",
-        f"Produced by `{command}`. K = 25% is the shipped `masker-lfw-gender`; every other K starts from it and "
-        f"trains {args.epochs} more epochs (102 steps of 64 each) at its own K, then `conceal audit` on LFW's test "
-        "split (911 faces of held-out people).", "",
+    write_sweep_report(
+        out, "Masker K sweep on LFW gender (task accuracy and face similarity against K)",
+        f"K = 25% is the shipped `masker-lfw-gender`; every other K starts from it and trains {args.epochs} more epochs "
+        "(102 steps of 64 each) at its own K, then `conceal audit` on LFW's test split (911 faces of held-out people).",
         table,
-    ]
-    out.with_suffix(".md").write_text("\n".join(text))
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
-
+    )
 
 if __name__ == "__main__":
     main()

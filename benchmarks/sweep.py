@@ -5,6 +5,7 @@ import argparse
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -38,3 +39,10 @@ def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: in
         run(train + ["--epochs", str(epochs), "-o", str(run_dir), "--resume"])
     run(["conceal", "audit", str(run_dir / "checkpoint"), "--dataset", dataset, "--root", root, "-o", str(run_dir / "audit")])
     return report
+
+
+def write_sweep_report(out: Path, title: str, intro: str, body: str) -> None:
+    """OUT.md: the title, "Produced by `<this command>`." + ``intro``, then ``body`` (the table, figure links)."""
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    out.with_suffix(".md").write_text("\n".join([f"# {title}", "", f"Produced by `{command}`. {intro}", "", body]))
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
