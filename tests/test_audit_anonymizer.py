@@ -139,6 +139,8 @@ def test_audit_of_a_tiny_anonymizer_writes_privacy_and_utility(audited):
             assert 0 <= verification[row][measure]["accuracy"] <= 1 and 0 <= verification[row][measure]["auc"] <= 1
     assert rows["AIA"]["utility"]["siamese"]["accuracy"] == verification["model"]["siamese"]["accuracy"]
     assert "skipped" in data["reconstruction_fidelity"]["identity"]
+    assert "turned off" in verification["judge_skipped"] and "judge" not in verification["model"]  # judges="off"
+    assert rows["raw pixels (reference)"]["utility"] is None
     assert (path.parent / data["figures"]["grid"]).is_file() and (path.parent / data["figures"]["leakage"]).is_file()
     assert "majority acc" in path.read_text()
     for key, render in RENDERERS.items():  # the section renderers offered to report.md accept the JSON
@@ -223,11 +225,19 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     identity = sections["reconstruction_fidelity"]["identity"]
     assert identity["n_faces"] == 5 and set(identity) >= {"reconstruction", "gray_original", "different_person"}
     assert sections["judges"] == {"face_embedding": None} and sections["samples"]["identity_faces"] == 5
+    # The judge also verifies: its embeddings of every released reconstruction (row g) and original.
+    verification = sections["verification"]
+    assert verification["judge"].startswith("fake") and sections["samples"]["judge_verification_faces"] == len(test)
+    for row in ("model", "original"):
+        assert 0 <= verification[row]["judge"]["accuracy"] <= 1 and 0 <= verification[row]["judge"]["auc"] <= 1
+    rows = {row["row"]: row for row in sections["privacy_utility"]["rows"]}
+    assert rows["raw pixels (reference)"]["utility"] == {"judge": {k: verification["original"]["judge"][k] for k in ("accuracy", "auc")}}
 
     # Without the image attack the section says so, and report.md still renders (its summary shows "—").
     assert "image_attack=False" in sections["image_leakage"]["skipped"] and sections["samples"]["cnn_seeds"] == []
     text = render_markdown({"provenance": {"method": "anonymizer"}, **to_plain(sections)})
     assert "## Released reconstructions, attacked by a fresh CNN" in text and "Skipped: not asked for" in text
+    assert "| original images (reference) | judge's embeddings |" in text and "verify acc (judge on images)" in text
 
 
 def test_tradeoff_table_and_figure_over_an_alpha_beta_sweep(audited, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from conceal.config import RunConfig, TrainConfig
 from conceal.methods import METHODS, build_method
 from conceal.train import fit, load_model
-from conceal.train.loop import make_batch
+from conceal.train.loop import epoch_order, make_batch
 
 # The smallest config of each method that still switches on every loss term.
 TINY = {
@@ -90,6 +91,27 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic_small, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["history"][-1]["train"] == pytest.approx(whole["history"][-1]["train"])
+
+
+def test_epoch_order_groups_faces_of_one_person(synthetic_small):
+    # 5 people with 1, 2, 5, 8 and 9 faces, and 7 faces of unknown identity, in a shuffled dataset.
+    identity = np.r_[np.repeat(np.arange(5), [1, 2, 5, 8, 9]), -np.ones(7, np.int64)]
+    data = dataclasses.replace(synthetic_small.select(np.arange(len(identity))),
+                               identity=np.random.default_rng(0).permutation(identity))
+    order = epoch_order(data, seed=1, epoch=2, faces_per_identity=4)
+    assert np.array_equal(np.sort(order), np.arange(len(identity)))  # every face, once
+    assert np.array_equal(order, epoch_order(data, seed=1, epoch=2, faces_per_identity=4))  # resumable
+    assert not np.array_equal(order, epoch_order(data, seed=1, epoch=3, faces_per_identity=4))
+    # Groups of up to 4 consecutive faces of one person: at least sum(n - ceil(n / 4)) = 16 neighbours
+    # share a (known) person; plain shuffling puts few together.
+    def neighbours(order):
+        ids = data.identity[order]
+        return int(np.sum((ids[1:] == ids[:-1]) & (ids[1:] >= 0)))
+    assert neighbours(order) >= 16
+    assert neighbours(epoch_order(data, 1, 2, 0)) < 8
+    for bad in (1, -2):
+        with pytest.raises(ValueError, match="faces_per_identity"):
+            epoch_order(data, 1, 2, bad)
 
 
 CODE_RELEASING = sorted(name for name, cls in METHODS.items() if "codes" in cls.releases)

@@ -14,8 +14,10 @@ Sections (plain numbers, written by ``report.write_report``):
   after the fact (``attackers.audit_images``, the concealer's image attacker) reads the private label from
   them, beside the same CNN on the original test images, on the same identity-disjoint halves.
 - ``verification``: the utility task, 1-to-1 face verification on pairs of test people: cosine distance of
-  the Siamese embeddings and, second, of the codes g themselves; the threshold is chosen on pairs of one
-  half of the people ("validation") and scored on pairs of the other half.
+  the Siamese embeddings, of the codes g themselves and, with the face-embedding judge, of the judge's
+  embeddings of the released reconstructions (an independent verifier, never trained by conceal, beside the
+  same judge on the original images: what there was to keep); the threshold is chosen on pairs of one half
+  of the people ("validation") and scored on pairs of the other half.
 - ``reconstruction_fidelity``: PSNR/SSIM of the reconstruction against the grayscale original (the
   autoencoder's target) and, with the face-embedding judge, identity similarity of original vs reconstruction.
 - ``figures``: originals over reconstructions (like the paper's Fig. 3) and a privacy/utility bar chart.
@@ -54,7 +56,7 @@ from .attackers import (
     single_threaded,
     split_halves,
 )
-from .concealer import resolve_judges, sample_rows
+from .concealer import _judge_name, resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim, unrelated_partners
 from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 
@@ -65,7 +67,7 @@ RANDOM_TITLE = "Random"
 RELEASED_IMAGES_TITLE = "released reconstructions"
 ORIGINAL_IMAGES_TITLE = "original images"
 PIXELS_TITLE = "raw pixels (reference)"
-UTILITY_MEASURES = {"siamese": "Siamese embeddings", "codes": "released codes"}
+UTILITY_MEASURES = {"siamese": "Siamese embeddings", "codes": "released codes", "judge": "judge's embeddings"}
 GRID_FACES = 8
 # Dimensions of the raw-pixel reference (PCA): the code size, at most this. AIA's g is large (3,072 values at
 # 64 px) and PCA cannot keep more components than an attacker half has rows, so "the code size" meant keeping
@@ -319,8 +321,9 @@ def _privacy_utility(variant: str, title: str, code_leakage: dict, verification:
              "privacy": privacy_summary(by_source["codes"]), "utility": utility("model")},
             {"row": RANDOM_TITLE, "variant": variant, "representation": "Random baseline of this model's g",
              "privacy": privacy_summary(by_source["random"]), "utility": utility("random")},
+            # Utility of the original images: the judge's verification, when it ran (what there was to keep).
             {"row": PIXELS_TITLE, "variant": None, "representation": code_leakage["original"],
-             "privacy": privacy_summary(by_source["original"]), "utility": None},
+             "privacy": privacy_summary(by_source["original"]), "utility": utility("original")},
         ],
     }
 
@@ -392,8 +395,10 @@ def _privacy_utility_figure(summary: dict, out_dir: Path) -> str:
     left.set_ylabel("best attacker's balanced accuracy")
     utility_rows = [r for r in rows if r["utility"]]
     x = np.arange(len(utility_rows))
+    width = 0.8 / len(UTILITY_MEASURES)
     for k, (measure, title) in enumerate(UTILITY_MEASURES.items()):
-        right.bar(x + (k - 0.5) * 0.4, [r["utility"].get(measure, {}).get("accuracy", np.nan) for r in utility_rows], 0.4, label=title)
+        offset = (k - (len(UTILITY_MEASURES) - 1) / 2) * width
+        right.bar(x + offset, [r["utility"].get(measure, {}).get("accuracy", np.nan) for r in utility_rows], width, label=title)
     right.axhline(0.5, color="k", linestyle="--", label="chance")
     right.set_xticks(x, [r["row"] for r in utility_rows])
     right.set_ylim(0, 1)
@@ -408,7 +413,7 @@ def _privacy_utility_figure(summary: dict, out_dir: Path) -> str:
 # --------------------------------------------------------------------------------------------------
 
 TABLE_HEADER = ["method", "attacker", "bal. acc ↓", "AUC ↓", "majority acc", "chance bal. acc",
-                "verify acc (Siamese) ↑", "AUC ↑", "verify acc (codes) ↑", "AUC ↑"]
+                "verify acc (Siamese) ↑", "AUC ↑", "verify acc (codes) ↑", "AUC ↑", "verify acc (judge on images) ↑", "AUC ↑"]
 
 
 def table_row(row: dict, title: str | None = None) -> list[str]:
@@ -448,9 +453,15 @@ def verification_markdown(s: dict) -> list[str]:
                   f"{pairs['test']['people']} people (scored here). Distance: {s['distance']}.", ""]
     if "skipped" in s:
         return lines + [f"Skipped: {s['skipped']}.", ""]
+    titles = (("model", "g"), ("random", "Random baseline of g"), ("original", "original images (reference)"))
     rows = [[title, UTILITY_MEASURES[measure], num(v["accuracy"]), num(v["balanced_accuracy"]), num(v["auc"]), num(v["majority_accuracy"]),
              num(v["threshold"], 4), num(v["validation_accuracy"])]
-            for row, title in (("model", "g"), ("random", "Random baseline of g")) for measure, v in s[row].items()]
+            for row, title in titles if row in s for measure, v in s[row].items()]
+    if s.get("judge"):
+        lines += [f"Judge's embeddings: {s['judge']}, of the released reconstructions (row g) and of the original colour "
+                  "images (reference row): an independent verifier, never trained by conceal.", ""]
+    elif s.get("judge_skipped"):
+        lines += [f"No judge verification: {s['judge_skipped']}.", ""]
     header = ["representation", "distance of", "accuracy", "balanced acc", "AUC", "majority acc", "threshold", "validation acc"]
     return lines + table(header, rows) + [""]
 
@@ -606,6 +617,7 @@ def audit_anonymizer(
     vector_seeds: int = 3,
     max_matched_pairs: int = 1000,
     image_attack: bool = True,
+    judge_verification: bool = True,
     cnn_epochs: int = DEFAULT_CNN_EPOCHS,
     cnn_min_steps: int = CNN_MIN_STEPS,
 ) -> dict:
@@ -613,7 +625,9 @@ def audit_anonymizer(
 
     ``identity_faces``: faces embedded by the face-embedding judge (0: none); ``vector_seeds``: attacker runs
     (each a fresh identity-disjoint half-split); ``max_matched_pairs``: cap on same-person pairs per half;
-    ``image_attack``: also attack the released reconstructions (and the originals) with a fresh CNN, trained
+    ``judge_verification``: also verify with the face-embedding judge's embeddings of every released
+    reconstruction and original (~0.1 s per image on one core); ``image_attack``: also attack the released
+    reconstructions (and the originals) with a fresh CNN, trained
     ``cnn_min_steps`` updates, at least ``cnn_epochs`` epochs (the concealer audit's defaults).
     Runs on one thread (see ``single_threaded``).
     """
@@ -640,12 +654,28 @@ def audit_anonymizer(
     with step("code_leakage", f"privacy: fresh attackers on g for {private} ({known} faces with a known label, {len(seeds)} seeds)"):
         sections["code_leakage"] = _code_leakage(codes, released_random, test, private, seeds, groups)
 
+    judge, judge_status = None, "not asked for (identity_faces=0 and judge_verification=False)"
+    if identity_faces > 0 or judge_verification:
+        objects, status = resolve_judges(judges)
+        judge, judge_status = objects["face_embedding"], status["face_embedding"]
+        sections["judges"] = {"face_embedding": judge_status}
+
+    representations = {
+        "model": {"siamese": embeddings, "codes": codes},
+        "random": {"siamese": embed_codes(model, random_in_code_space), "codes": released_random},
+    }
+    judge_verifies = judge is not None and judge_verification and np.any(test.identity >= 0)
+    if judge_verifies:
+        with step("judge_embeddings", f"utility: the face-embedding judge on {len(test)} released reconstructions and originals"):
+            representations["model"]["judge"] = judge.embed(reconstructed)
+            representations["original"] = {"judge": judge.embed(test.images)}
     with step("verification", f"utility: verification on pairs of test people (at most {max_matched_pairs} same-person pairs per half)"):
-        representations = {
-            "model": {"siamese": embeddings, "codes": codes},
-            "random": {"siamese": embed_codes(model, random_in_code_space), "codes": released_random},
-        }
         sections["verification"] = _verification(representations, test.identity, max_matched_pairs, seed)
+        if judge_verifies:
+            sections["verification"]["judge"] = _judge_name(judge)
+        else:
+            sections["verification"]["judge_skipped"] = (judge_status or "judge_verification=False") if judge is None or not judge_verification \
+                else "the test faces have no identities"
         pairs = sections["verification"].get("pairs", {})
         log(f"[audit]   {pairs.get('matched', 0)} matched / {pairs.get('mismatched', 0)} mismatched pairs")
 
@@ -666,14 +696,11 @@ def audit_anonymizer(
     else:
         sections["image_leakage"] = {"skipped": "not asked for (image_attack=False)", "labels": {}}
 
-    judge, judge_status = None, None
-    if identity_faces > 0:
-        objects, status = resolve_judges(judges)
-        judge, judge_status = objects["face_embedding"], status["face_embedding"]
-        sections["judges"] = {"face_embedding": judge_status}
     identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
-    with step("reconstruction", "reconstruction" + (f" and identity on {len(identity_rows)} faces" if judge is not None else "")):
-        sections["reconstruction_fidelity"] = _reconstruction_fidelity(test, reconstructed, judge, judge_status, identity_rows, seed)
+    fidelity_judge = judge if identity_faces > 0 else None
+    with step("reconstruction", "reconstruction" + (f" and identity on {len(identity_rows)} faces" if fidelity_judge is not None else "")):
+        sections["reconstruction_fidelity"] = _reconstruction_fidelity(
+            test, reconstructed, fidelity_judge, judge_status if identity_faces > 0 else None, identity_rows, seed)
 
     with step("figures", "figures"):
         sections["figures"] = {
@@ -685,7 +712,8 @@ def audit_anonymizer(
         "attacker_seeds": list(seeds),
         "cnn_seeds": [seed] if image_attack else [],
         "verification_pairs": {k: pairs.get(k, 0) for k in ("matched", "mismatched")},
-        "identity_faces": int(len(identity_rows)) if judge is not None else 0,
+        "identity_faces": int(len(identity_rows)) if fidelity_judge is not None else 0,
+        "judge_verification_faces": len(test) if judge_verifies else 0,
     }
     # The summary first: report.md shows sections it has no renderer for in this order.
     order = ("privacy_utility", "code_leakage", "image_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")

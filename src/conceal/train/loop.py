@@ -44,6 +44,30 @@ def make_batch(data: FaceArrays, index: np.ndarray, device: torch.device) -> Bat
     }
 
 
+def epoch_order(data: FaceArrays, seed: int, epoch: int, faces_per_identity: int = 0) -> np.ndarray:
+    """The order in which an epoch visits ``data``'s rows: a permutation of all of them, a pure function of
+    (seed, epoch) so a resumed run sees the same batches.
+
+    ``faces_per_identity`` K >= 2: each person's faces, shuffled, are cut into groups of K (the last may be
+    smaller) and the groups are shuffled, so consecutive rows -- hence every batch -- hold K faces of each
+    of its people. Faces of unknown identity (-1) are groups of one.
+    """
+    if faces_per_identity == 1 or faces_per_identity < 0:
+        raise ValueError(f"train.faces_per_identity must be 0 (plain shuffling) or at least 2, not {faces_per_identity}")
+    rng = np.random.default_rng([seed, epoch])
+    rows = rng.permutation(len(data))
+    if faces_per_identity == 0:
+        return rows
+    identity = data.identity[rows]
+    groups = [row[None] for row in rows[identity < 0]]  # unknown identity: a group of one
+    known = rows[identity >= 0]
+    by_person = known[np.argsort(identity[identity >= 0], kind="stable")]  # still shuffled within each person
+    _, starts = np.unique(data.identity[by_person], return_index=True)
+    for members in np.split(by_person, starts[1:]) if len(by_person) else []:
+        groups += np.array_split(members, math.ceil(len(members) / faces_per_identity))
+    return np.concatenate([groups[i] for i in rng.permutation(len(groups))]) if groups else rows
+
+
 @torch.no_grad()
 def evaluate(method: Method, data: FaceArrays, device: torch.device, batch_size: int = 256) -> dict[str, float]:
     """Mean of ``validation_step`` over ``data``, weighted by batch size."""
@@ -149,7 +173,7 @@ def fit(
     stopped = None
     with _StopRequest() as stop:
         for epoch in range(state["epoch"], tc.epochs):
-            order = np.random.default_rng([tc.seed, epoch]).permutation(len(train))
+            order = epoch_order(train, tc.seed, epoch, tc.faces_per_identity)
             sums: dict[str, float] = dict(state.get("partial_sums", {}))
             bar = tqdm(
                 range(state["batch"], n_batches),
