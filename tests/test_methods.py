@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conceal.config import RunConfig, TrainConfig
+from conceal.config import ConfigError, RunConfig, TrainConfig
 from conceal.methods import METHODS, build_method
 from conceal.train import fit, load_model
 from conceal.train.loop import epoch_order, make_batch
@@ -112,6 +112,25 @@ def test_epoch_order_groups_faces_of_one_person(synthetic_small):
     for bad in (1, -2):
         with pytest.raises(ValueError, match="faces_per_identity"):
             epoch_order(data, 1, 2, bad)
+        with pytest.raises(ConfigError, match="faces_per_identity"):  # the CLI's --set says so in one line
+            TrainConfig(faces_per_identity=bad)
+
+
+def test_init_weights_copies_what_fits_and_names_the_rest(tiny_saved_models, synthetic_small):
+    from conceal.train import init_weights
+
+    saved = load_file(tiny_saved_models["anonymizer"] / "model.safetensors")
+    cfg = METHODS["anonymizer"].Config(**(TINY["anonymizer"] | {"siamese_widths": (4, 4, 4)}))  # a different utility network
+    method = build_method("anonymizer", cfg, synthetic_small.schema, 32)
+    line = init_weights(method, tiny_saved_models["anonymizer"])
+    assert "freshly initialised" in line and line.endswith(": siamese")
+    own = method.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in saved.items() if not k.startswith("siamese."))
+    # Never half a module: the Siamese tensors whose shapes happen to match (its last bias) stay fresh too.
+    same_shape = [k for k in own if k.startswith("siamese.") and own[k].shape == saved[k].shape]
+    assert same_shape and not any(torch.equal(own[k], saved[k]) for k in same_shape)
+    with pytest.raises(ConfigError, match="none of its weights fit"):
+        init_weights(tiny_method("masker", synthetic_small.schema), tiny_saved_models["anonymizer"])
 
 
 CODE_RELEASING = sorted(name for name, cls in METHODS.items() if "codes" in cls.releases)

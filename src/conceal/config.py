@@ -47,6 +47,10 @@ class TrainConfig:
     # instead of the few that random batches of a dataset with ~1,000 people happen to hold.
     faces_per_identity: int = 0
 
+    def __post_init__(self) -> None:
+        if self.faces_per_identity == 1 or self.faces_per_identity < 0:
+            raise ConfigError(f"train.faces_per_identity must be 0 (plain shuffling) or at least 2, not {self.faces_per_identity}")
+
 
 @dataclass
 class RunConfig:
