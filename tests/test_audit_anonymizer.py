@@ -55,6 +55,24 @@ def test_verification_scores_choose_the_threshold_on_validation_pairs():
     assert 0.3 < noise["auc"] < 0.7
 
 
+def test_protocol_verification_scores_the_datasets_own_pairs_in_folds():
+    from conceal.audit.anonymizer import protocol_verification
+
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(40, 8))
+    vectors = np.repeat(people, 2, axis=0) + 0.3 * rng.normal(size=(80, 8))  # rows 2i, 2i+1: person i
+    matched = np.stack([np.arange(0, 80, 2), np.arange(1, 80, 2)], 1)  # (40, 2)
+    mismatched = np.stack([np.arange(0, 80, 2), (np.arange(0, 80, 2) + 2) % 80], 1)
+    pairs = {"rows": np.r_[matched, mismatched], "same": np.r_[np.ones(40, bool), np.zeros(40, bool)],
+             "counts": {"pairs_txt_matched": 40, "seeded_mismatched": 40}, "source": "test"}
+    result = protocol_verification({"model": {"codes": vectors, "noise": rng.normal(size=(80, 8))}}, pairs, seed=0)
+    assert (result["matched"], result["mismatched"], result["folds"]) == (40, 40, 10)
+    assert result["model"]["codes"]["accuracy"] > 0.9 and result["model"]["codes"]["auc"] > 0.95
+    assert 0.25 < result["model"]["noise"]["accuracy"] < 0.75 and result["model"]["codes"]["majority_accuracy"] == 0.5
+    few = pairs | {"rows": pairs["rows"][[0, 40]], "same": np.array([True, False])}
+    assert "skipped" in protocol_verification({"model": {"codes": vectors}}, few, seed=0)
+
+
 def test_random_codes_are_the_random_baseline_and_map_back_into_the_code_range():
     codes = np.random.default_rng(0).normal(3.0, 2.0, size=(30, 6)).astype(np.float32)
     released, in_code_space = random_codes(codes, seed=2)

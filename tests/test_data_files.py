@@ -355,6 +355,25 @@ def test_lfw_pairs(tmp_path):
         ds.pairs("training")
 
 
+def test_lfw_pairs_among_arrays_follow_row_selection(tmp_path, cache_dir):
+    ds = LFW(make_lfw(tmp_path))
+    train = ds.arrays(size=16, progress=False).subset("train")
+    pairs = ds.pairs_among(train, "train")
+    assert pairs["same"].tolist() == [True, True, False, False] and pairs["counts"]["left_out_by_row_selection"] == 0
+    names = [[Path(train.paths[i]).name for i in pair] for pair in pairs["rows"]]
+    assert names[0] == ["George_W_Bush_0001.jpg", "George_W_Bush_0002.jpg"]
+    for (a, b), same in zip(pairs["rows"], pairs["same"]):
+        assert (train.identity[a] == train.identity[b]) == same
+    # Selecting rows renumbers the pairs and drops (and counts) those that lose a face.
+    train.pairs = pairs
+    first = Path(train.paths[pairs["rows"][0, 0]]).name
+    kept = np.array([Path(p).name != first for p in train.paths])
+    sub = train.select(kept)
+    assert sub.pairs["counts"]["left_out_by_row_selection"] == 2 and len(sub.pairs["rows"]) == 2
+    for (a, b), same in zip(sub.pairs["rows"], sub.pairs["same"]):
+        assert (sub.identity[a] == sub.identity[b]) == same and first not in (Path(sub.paths[a]).name, Path(sub.paths[b]).name)
+
+
 def test_lfw_default_crop_is_used_by_arrays(tmp_path, cache_dir):
     ds = LFW(make_lfw(tmp_path))
     assert LFW.default_crop == 0.5

@@ -32,6 +32,7 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
 
     When the dataset is the one the model was trained on, the model's own data config fills in what the
     caller left out (root, crop, and for synthetic its n and seed, so the test faces are the held-out ones).
+    A dataset with its own verification protocol (LFW) also fills ``test.pairs`` (rows of ``test``).
     """
     from ..data import DataError, open_dataset
 
@@ -45,6 +46,8 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
     crop = data.get("crop") if same else None
     opened = open_dataset(dataset, root, **options)
     test = opened.arrays(size=info["image_size"], crop=crop, progress=False).subset("test")
+    if hasattr(opened, "pairs_among"):  # a dataset with its own verification protocol (LFW's pairs.txt)
+        test.pairs = opened.pairs_among(test, "test", seed=seed)
     if len(test) == 0:
         raise DataError(f"{dataset}: the test split is empty")
     if max_images is not None and max_images < len(test):

@@ -40,6 +40,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 from sklearn.metrics.pairwise import paired_cosine_distances
+from sklearn.model_selection import StratifiedKFold
 
 from ..data import FaceArrays
 from ..methods.anonymizer import LUMA, Anonymizer, random_baseline
@@ -139,6 +140,32 @@ def verification_scores(distance_validation, same_validation, distance_test, sam
         "auc": float(roc_auc_score(same_test, -np.asarray(distance_test))),
         "majority_accuracy": float(max(same_test.mean(), 1 - same_test.mean())),
     }
+
+
+PROTOCOL_FOLDS = 10  # LFW's own protocol scores pairs.txt in 10 folds
+
+
+def protocol_verification(representations: dict[str, dict[str, np.ndarray]], pairs: dict, seed: int, folds: int = PROTOCOL_FOLDS) -> dict:
+    """Verification on the dataset's own pairs (``FaceArrays.pairs``: LFW's pairs.txt plus seeded mismatched
+    pairs), scored as LFW's protocol does: the threshold is chosen on k-1 stratified, seeded folds of the
+    pairs and applied to the k-th; accuracy is the mean over the k folds. AUC (threshold-free) over all pairs.
+    """
+    rows, same = pairs["rows"], np.asarray(pairs["same"], bool)
+    result: dict[str, Any] = {"source": pairs["source"], "counts": pairs["counts"],
+                              "matched": int(same.sum()), "mismatched": int((~same).sum())}
+    k = min(folds, result["matched"], result["mismatched"])
+    if k < 2:
+        return result | {"skipped": f"{result['matched']} matched / {result['mismatched']} mismatched pairs: too few for folds"}
+    result["folds"] = k
+    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, same))
+    for row, measures in representations.items():
+        result[row] = {}
+        for measure, vectors in measures.items():
+            distance = paired_cosine_distances(vectors[rows[:, 0]], vectors[rows[:, 1]])  # (P,)
+            accuracy = [verification_scores(distance[fit], same[fit], distance[held], same[held])["accuracy"] for fit, held in splits]
+            result[row][measure] = {"accuracy": float(np.mean(accuracy)), "accuracy_std": float(np.std(accuracy)),
+                                    "auc": float(roc_auc_score(same, -distance)), "majority_accuracy": float(max(same.mean(), 1 - same.mean()))}
+    return result
 
 
 def _pair_counts(pairs: np.ndarray, same: np.ndarray, identity: np.ndarray) -> dict[str, int]:
@@ -443,7 +470,7 @@ def privacy_utility_markdown(summary: dict) -> list[str]:
 
 
 def verification_markdown(s: dict) -> list[str]:
-    """The ``verification`` section as markdown lines."""
+    """The ``verification`` section as markdown lines: pairs of identity-disjoint halves, then the dataset's own pairs."""
     lines = ["## Utility: face verification", ""]
     pairs = s.get("pairs")
     if pairs:
@@ -453,17 +480,30 @@ def verification_markdown(s: dict) -> list[str]:
                   f"{pairs['test']['people']} people (scored here). Distance: {s['distance']}.", ""]
     if "skipped" in s:
         return lines + [f"Skipped: {s['skipped']}.", ""]
-    titles = (("model", "g"), ("random", "Random baseline of g"), ("original", "original images (reference)"))
-    rows = [[title, UTILITY_MEASURES[measure], num(v["accuracy"]), num(v["balanced_accuracy"]), num(v["auc"]), num(v["majority_accuracy"]),
-             num(v["threshold"], 4), num(v["validation_accuracy"])]
-            for row, title in titles if row in s for measure, v in s[row].items()]
     if s.get("judge"):
         lines += [f"Judge's embeddings: {s['judge']}, of the released reconstructions (row g) and of the original colour "
                   "images (reference row): an independent verifier, never trained by conceal.", ""]
     elif s.get("judge_skipped"):
         lines += [f"No judge verification: {s['judge_skipped']}.", ""]
+    titles = (("model", "g"), ("random", "Random baseline of g"), ("original", "original images (reference)"))
+    rows = [[title, UTILITY_MEASURES[measure], num(v["accuracy"]), num(v["balanced_accuracy"]), num(v["auc"]), num(v["majority_accuracy"]),
+             num(v["threshold"], 4), num(v["validation_accuracy"])]
+            for row, title in titles if row in s for measure, v in s[row].items()]
     header = ["representation", "distance of", "accuracy", "balanced acc", "AUC", "majority acc", "threshold", "validation acc"]
-    return lines + table(header, rows) + [""]
+    lines += table(header, rows) + [""]
+    protocol = s.get("protocol")
+    if protocol:
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in protocol["counts"].items())
+        lines += ["### The dataset's own pairs (LFW protocol)", "",
+                  f"{protocol['matched']} matched / {protocol['mismatched']} mismatched pairs: {protocol['source']} ({counts}). "
+                  + (f"Skipped: {protocol['skipped']}." if "skipped" in protocol else
+                     f"The threshold is chosen on {protocol['folds'] - 1} of {protocol['folds']} stratified folds and scored on the "
+                     "remaining one; accuracy is the mean (± std) over the folds, AUC is over all pairs."), ""]
+        if "skipped" not in protocol:
+            rows = [[title, UTILITY_MEASURES[m], f"{num(v['accuracy'])} ± {num(v['accuracy_std'])}", num(v["auc"]), num(v["majority_accuracy"])]
+                    for row, title in titles if row in protocol for m, v in protocol[row].items()]
+            lines += table(["representation", "distance of", "accuracy", "AUC", "majority acc"], rows) + [""]
+    return lines
 
 
 def image_leakage_markdown(s: dict) -> list[str]:
@@ -671,6 +711,8 @@ def audit_anonymizer(
             representations["original"] = {"judge": judge.embed(test.images)}
     with step("verification", f"utility: verification on pairs of test people (at most {max_matched_pairs} same-person pairs per half)"):
         sections["verification"] = _verification(representations, test.identity, max_matched_pairs, seed)
+        if test.pairs is not None and "skipped" not in sections["verification"]:
+            sections["verification"]["protocol"] = protocol_verification(representations, test.pairs, seed)
         if judge_verifies:
             sections["verification"]["judge"] = _judge_name(judge)
         else:

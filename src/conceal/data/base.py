@@ -44,6 +44,9 @@ class FaceArrays:
     identity: np.ndarray  # (N,) int64, -1 = none
     split: np.ndarray  # (N,) str, one of SPLITS
     paths: list[str] = field(default_factory=list)  # (N,) source file per row ("" for generated)
+    # The dataset's own face-verification protocol among these rows, when it has one (LFW's pairs.txt):
+    # {"rows": (P, 2) int64 row numbers, "same": (P,) bool, "counts": {kind: n}, "source": str}.
+    pairs: dict | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,7 +63,19 @@ class FaceArrays:
             identity=self.identity[index],
             split=self.split[index],
             paths=[self.paths[i] for i in index] if self.paths else [],
+            pairs=self._select_pairs(index),
         )
+
+    def _select_pairs(self, index: np.ndarray) -> dict | None:
+        """``pairs`` among rows ``index``, renumbered; pairs with a row left out are dropped (and counted)."""
+        if self.pairs is None:
+            return None
+        position = np.full(len(self), -1, np.int64)
+        position[index] = np.arange(len(index))
+        rows = position[self.pairs["rows"]]  # (P, 2), -1 = left out
+        kept = (rows >= 0).all(axis=1)
+        counts = dict(self.pairs["counts"]) | {"left_out_by_row_selection": self.pairs["counts"].get("left_out_by_row_selection", 0) + int((~kept).sum())}
+        return self.pairs | {"rows": rows[kept], "same": self.pairs["same"][kept], "counts": counts}
 
     def subset(self, split: str) -> "FaceArrays":
         if split not in SPLITS:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SPLITS, DataError, FaceDataset, FaceRecord, assign_split
+from .base import FaceArrays, SPLITS, DataError, FaceDataset, FaceRecord, assign_split
 from .schema import GENDER, LabelSchema
 
 _IMAGE_NAME = re.compile(r"(.+)_([0-9]{4})\.jpg")
@@ -152,6 +152,22 @@ class LFW(FaceDataset):
         same += [0] * len(seeded)
         counts["seeded_mismatched"] = len(seeded)
         return np.array(rows, dtype=np.int64).reshape(-1, 2), np.array(same, dtype=np.int64), counts
+
+    def pairs_among(self, arrays: FaceArrays, split: str, seed: int = 0) -> dict:
+        """``pairs(split)`` as rows of ``arrays`` (decoded from this dataset): FaceArrays' ``pairs`` field.
+
+        Pairs with an image that is not among ``arrays`` (undecodable, or a sample) are dropped and counted.
+        """
+        pairs, same, counts = self.pairs(split, seed=seed)
+        row_of = {path: row for row, path in enumerate(arrays.paths)}
+        rows = np.array([[row_of.get(str(self.records[i].path), -1) for i in pair] for pair in pairs], np.int64).reshape(-1, 2)
+        kept = (rows >= 0).all(axis=1)
+        return {
+            "rows": rows[kept],
+            "same": same[kept].astype(bool),
+            "counts": counts | {"left_out_by_row_selection": int((~kept).sum())},
+            "source": f"pairs.txt lines among the {split} split's people, plus seeded pairs of two different people (seed {seed}) to balance",
+        }
 
     def _n_mismatched_available(self, in_split: np.ndarray, taken: set[frozenset]) -> int:
         """Unordered pairs of rows ``in_split`` showing two different people, less those in ``taken``."""
