@@ -73,6 +73,28 @@ def test_protocol_verification_scores_the_datasets_own_pairs_in_folds():
     assert "skipped" in protocol_verification({"model": {"codes": vectors}}, few, seed=0)
 
 
+class Undecided:
+    """A stand-in gender judge that says 0.3 for every face: at chance whatever the input."""
+
+    name = "undecided"
+
+    def predict(self, images):
+        return {"p_female": np.full(len(images), 0.3, np.float32)}
+
+
+def test_judge_leakage_scores_an_off_the_shelf_gender_judge(synthetic_small):
+    from conceal.audit.anonymizer import judge_leakage
+
+    test = synthetic_small.subset("test")
+    result = judge_leakage(Undecided(), test.images, test, "gender")
+    for name in ("released reconstructions", "grayscale originals", "original images"):
+        assert result[name] == {"balanced_accuracy": 0.5, "auc": 0.5}
+    assert result["n_known"] == len(test) and 0.5 <= result["majority_accuracy"] <= 1
+    assert "skipped" in judge_leakage(Undecided(), test.images, test, "smile")
+    one_gender = test.select(test.labels["gender"] == 1)
+    assert "one gender" in judge_leakage(Undecided(), one_gender.images, one_gender, "gender")["skipped"]
+
+
 def test_random_codes_are_the_random_baseline_and_map_back_into_the_code_range():
     codes = np.random.default_rng(0).normal(3.0, 2.0, size=(30, 6)).astype(np.float32)
     released, in_code_space = random_codes(codes, seed=2)
@@ -158,6 +180,7 @@ def test_audit_of_a_tiny_anonymizer_writes_privacy_and_utility(audited):
     assert rows["AIA"]["utility"]["siamese"]["accuracy"] == verification["model"]["siamese"]["accuracy"]
     assert "skipped" in data["reconstruction_fidelity"]["identity"]
     assert "turned off" in verification["judge_skipped"] and "judge" not in verification["model"]  # judges="off"
+    assert "turned off" in data["judge_leakage"]["skipped"]
     assert rows["raw pixels (reference)"]["utility"] is None
     assert (path.parent / data["figures"]["grid"]).is_file() and (path.parent / data["figures"]["leakage"]).is_file()
     assert "majority acc" in path.read_text()
@@ -238,11 +261,12 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     from conceal.train.checkpoint import read_model_info
 
     test = load_test_split(read_model_info(tiny_anonymizer), "synthetic", None, 40, 0, log=lambda _: None)
-    sections = audit_anonymizer(tiny_anonymizer, test, tmp_path, judges={"face_embedding": FakeEmbedding()}, identity_faces=5,
+    sections = audit_anonymizer(tiny_anonymizer, test, tmp_path, judges={"face_embedding": FakeEmbedding(), "age_gender": Undecided()}, identity_faces=5,
                                 vector_seeds=1, image_attack=False, log=lambda _: None)
     identity = sections["reconstruction_fidelity"]["identity"]
     assert identity["n_faces"] == 5 and set(identity) >= {"reconstruction", "gray_original", "different_person"}
-    assert sections["judges"] == {"face_embedding": None} and sections["samples"]["identity_faces"] == 5
+    assert sections["judges"] == {"face_embedding": None, "age_gender": None} and sections["samples"]["identity_faces"] == 5
+    assert sections["judge_leakage"]["released reconstructions"] == {"balanced_accuracy": 0.5, "auc": 0.5}
     # The judge also verifies: its embeddings of every released reconstruction (row g) and original.
     verification = sections["verification"]
     assert verification["judge"].startswith("fake") and sections["samples"]["judge_verification_faces"] == len(test)
@@ -256,6 +280,7 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     text = render_markdown({"provenance": {"method": "anonymizer"}, **to_plain(sections)})
     assert "## Released reconstructions, attacked by a fresh CNN" in text and "Skipped: not asked for" in text
     assert "| original images (reference) | judge's embeddings |" in text and "verify acc (judge on images)" in text
+    assert "## Released reconstructions, read by an off-the-shelf gender judge" in text
 
 
 def test_tradeoff_table_and_figure_over_an_alpha_beta_sweep(audited, tmp_path):

@@ -13,6 +13,8 @@ Sections (plain numbers, written by ``report.write_report``):
   reconstruction of every face (``conceal apply``, the paper's Fig. 3). A small CNN trained from scratch
   after the fact (``attackers.audit_images``, the concealer's image attacker) reads the private label from
   them, beside the same CNN on the original test images, on the same identity-disjoint halves.
+- ``judge_leakage``: an attacker that needs no training data, the off-the-shelf gender judge, reads gender
+  from the released reconstructions (beside the grayscale and colour originals).
 - ``verification``: the utility task, 1-to-1 face verification on pairs of test people: cosine distance of
   the Siamese embeddings, of the codes g themselves and, with the face-embedding judge, of the judge's
   embeddings of the released reconstructions (an independent verifier, never trained by conceal, beside the
@@ -279,6 +281,41 @@ def _image_leakage(reconstructed: np.ndarray, test: FaceArrays, private: str, se
     }
 
 
+def judge_leakage(judge, reconstructed: np.ndarray, test: FaceArrays, private: str) -> dict:
+    """An attacker that needs no training data: the off-the-shelf gender judge (``judges.AgeGenderJudge``) reads
+    gender from the released reconstructions, beside the grayscale and colour originals (what there was to hide).
+
+    Balanced accuracy at p_female > 0.5 and AUC of p_female, over every test face with a known gender.
+    """
+    if private != "gender":
+        return {"skipped": f"the judge reads gender; the private label is {private!r}"}
+    y = test.labels[private]
+    known = ~np.isnan(y)
+    if len(np.unique(y[known])) < 2:
+        return {"skipped": "the test faces with a known gender are all of one gender"}
+    truth = y[known].astype(int)
+    result: dict[str, Any] = {"judge": _judge_name(judge), "n_known": int(known.sum()),
+                              "majority_accuracy": float(max(truth.mean(), 1 - truth.mean())), "chance_balanced_accuracy": 0.5}
+    for name, images in ((RELEASED_IMAGES_TITLE, reconstructed), ("grayscale originals", gray_images(test.images)), (ORIGINAL_IMAGES_TITLE, test.images)):
+        p_female = judge.predict(images[known])["p_female"]
+        result[name] = {"balanced_accuracy": float(balanced_accuracy_score(truth, p_female > 0.5)),
+                        "auc": float(roc_auc_score(truth, p_female))}
+    return result
+
+
+def judge_leakage_markdown(s: dict) -> list[str]:
+    """The ``judge_leakage`` section as markdown lines."""
+    lines = ["## Released reconstructions, read by an off-the-shelf gender judge", ""]
+    if "skipped" in s:
+        return lines + [f"Skipped: {s['skipped']}.", ""]
+    lines += [f"An attacker that needs no training data: {s['judge']}, on {s['n_known']} test faces with a known gender; "
+              f"balanced accuracy at p(female) > 0.5 (chance {num(s['chance_balanced_accuracy'])}; majority accuracy "
+              f"{num(s['majority_accuracy'])}) and AUC of p(female) (chance 0.5).", ""]
+    rows = [[name, num(s[name]["balanced_accuracy"]), num(s[name]["auc"])]
+            for name in (RELEASED_IMAGES_TITLE, "grayscale originals", ORIGINAL_IMAGES_TITLE)]
+    return lines + table(["input", "balanced acc ↓", "AUC ↓"], rows) + [""]
+
+
 def image_attack_summary(image_leakage: dict) -> list[dict]:
     """The image section -> one privacy row per image set (``privacy_summary``'s shape): released, original."""
     if "skipped" in image_leakage:
@@ -541,6 +578,7 @@ def reconstruction_markdown(s: dict) -> list[str]:
 RENDERERS = {
     "privacy_utility": privacy_utility_markdown,
     "image_leakage": image_leakage_markdown,
+    "judge_leakage": judge_leakage_markdown,
     "verification": verification_markdown,
     "reconstruction_fidelity": reconstruction_markdown,
 }
@@ -658,6 +696,7 @@ def audit_anonymizer(
     max_matched_pairs: int = 1000,
     image_attack: bool = True,
     judge_verification: bool = True,
+    judge_attack: bool = True,
     cnn_epochs: int = DEFAULT_CNN_EPOCHS,
     cnn_min_steps: int = CNN_MIN_STEPS,
 ) -> dict:
@@ -665,6 +704,7 @@ def audit_anonymizer(
 
     ``identity_faces``: faces embedded by the face-embedding judge (0: none); ``vector_seeds``: attacker runs
     (each a fresh identity-disjoint half-split); ``max_matched_pairs``: cap on same-person pairs per half;
+    ``judge_attack``: also let the off-the-shelf gender judge read the released reconstructions;
     ``judge_verification``: also verify with the face-embedding judge's embeddings of every released
     reconstruction and original (~0.1 s per image on one core); ``image_attack``: also attack the released
     reconstructions (and the originals) with a fresh CNN, trained
@@ -694,11 +734,12 @@ def audit_anonymizer(
     with step("code_leakage", f"privacy: fresh attackers on g for {private} ({known} faces with a known label, {len(seeds)} seeds)"):
         sections["code_leakage"] = _code_leakage(codes, released_random, test, private, seeds, groups)
 
-    judge, judge_status = None, "not asked for (identity_faces=0 and judge_verification=False)"
-    if identity_faces > 0 or judge_verification:
+    judge, judge_status, gender_judge = None, "not asked for (identity_faces=0, judge_verification=False, judge_attack=False)", None
+    if identity_faces > 0 or judge_verification or judge_attack:
         objects, status = resolve_judges(judges)
         judge, judge_status = objects["face_embedding"], status["face_embedding"]
-        sections["judges"] = {"face_embedding": judge_status}
+        gender_judge = objects["age_gender"] if judge_attack else None
+        sections["judges"] = {"face_embedding": judge_status} | ({"age_gender": status["age_gender"]} if judge_attack else {})
 
     representations = {
         "model": {"siamese": embeddings, "codes": codes},
@@ -737,6 +778,11 @@ def audit_anonymizer(
             f"(majority acc {num(row['privacy'].get('majority_accuracy'))})" for row in image_attack_summary(sections["image_leakage"])))
     else:
         sections["image_leakage"] = {"skipped": "not asked for (image_attack=False)", "labels": {}}
+    if gender_judge is not None:
+        with step("judge_leakage", f"privacy: the off-the-shelf gender judge on {len(test)} released reconstructions and originals"):
+            sections["judge_leakage"] = judge_leakage(gender_judge, reconstructed, test, private)
+    elif judge_attack:
+        sections["judge_leakage"] = {"skipped": f"no gender judge: {sections['judges'].get('age_gender')}"}
 
     identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
     fidelity_judge = judge if identity_faces > 0 else None
@@ -758,5 +804,5 @@ def audit_anonymizer(
         "judge_verification_faces": len(test) if judge_verifies else 0,
     }
     # The summary first: report.md shows sections it has no renderer for in this order.
-    order = ("privacy_utility", "code_leakage", "image_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")
+    order = ("privacy_utility", "code_leakage", "image_leakage", "judge_leakage", "verification", "reconstruction_fidelity", "figures", "judges", "samples", "timings")
     return {key: sections[key] for key in order if key in sections}
