@@ -232,6 +232,27 @@ def test_compare_anonymizers_orders_rows_as_the_paper(audited, tmp_path):
     assert methods == ["Original", "Random (codes of Original)", "AIA\\T", "AIA", "raw pixels (reference)"]
 
 
+@pytest.mark.slow
+def test_compare_released_reads_every_part_and_marks_what_did_not_run(audited, tmp_path):
+    from conceal.audit.anonymizer import RELEASED_HEADER, compare_released
+
+    _, data, _ = audited
+    with_judges = json.loads(json.dumps(data))  # a stand-in for an audit that ran the judges
+    with_judges["judge_leakage"] = {"released reconstructions": {"balanced_accuracy": 0.61, "auc": 0.7}}
+    with_judges["verification"]["model"]["judge"] = {"accuracy": 0.87, "auc": 0.95}
+    with_judges["verification"]["protocol"] = {"model": {"judge": {"accuracy": 0.86, "accuracy_std": 0.04}}}
+    paths = [tmp_path / "plain.json", tmp_path / "judged.json"]
+    paths[0].write_text(json.dumps(data))
+    paths[1].write_text(json.dumps(with_judges))
+    lines = [line for line in compare_released(paths).splitlines() if line.startswith("| AIA")]
+    assert len(lines) == 2 and all(line.count(" | ") == len(RELEASED_HEADER) - 1 for line in lines)
+    plain, judged = lines
+    assert plain.count("—") == 3  # judges off: no judge attack, no judge verification, no protocol
+    assert "0.610 / 0.700" in judged and "0.870 / 0.950" in judged and "0.860 ± 0.040" in judged
+    siamese = data["verification"]["model"]["siamese"]
+    assert f"{siamese['accuracy']:.3f} / {siamese['auc']:.3f}" in plain
+
+
 def test_model_title_names_what_the_weights_make_the_model():
     from conceal.audit.anonymizer import model_title
 

@@ -24,7 +24,8 @@ Sections (plain numbers, written by ``report.write_report``):
   autoencoder's target) and, with the face-embedding judge, identity similarity of original vs reconstruction.
 - ``figures``: originals over reconstructions (like the paper's Fig. 3) and a privacy/utility bar chart.
 
-``compare_anonymizers(report_jsons)`` merges several models' report.json into one paper-style table.
+``compare_anonymizers(report_jsons)`` merges several models' report.json into one paper-style table;
+``compare_released(report_jsons)`` into one table of everything each model releases, read every way.
 """
 
 from __future__ import annotations
@@ -617,6 +618,40 @@ def compare_anonymizers(report_jsons: list[str | Path]) -> str:
     if len(audited) > 1:
         lines += [f"> **Not like for like**: the reports audited different data (dataset, test faces, seed): {audited}.", ""]
     return "\n".join(lines + table(TABLE_HEADER, cells)) + "\n"
+
+
+RELEASED_HEADER = ["model", "gender from g: bal. acc ↓", "reconstructions: fresh CNN bal. acc / AUC ↓",
+                   "reconstructions: gender judge bal. acc / AUC ↓", "verification, Siamese: acc / AUC ↑",
+                   "verification, judge on reconstructions: acc / AUC ↑", "LFW pairs, judge: acc ↑", "PSNR dB"]
+
+
+def compare_released(report_jsons: list[str | Path]) -> str:
+    """Several anonymizers' report.json -> one markdown table of what each releases, read every way the audit
+    reads it: gender from g (best fresh attacker), from the reconstructions (fresh CNN; off-the-shelf judge),
+    verification (the method's Siamese network; the independent face-embedding judge, on both pair sets)
+    and reconstruction PSNR. "—" where an audit did not run that part."""
+    def pair(d: dict | None, a: str = "balanced_accuracy", b: str = "auc") -> str:
+        return "—" if not d or a not in d else f"{num(d[a])} / {num(d[b])}"
+
+    rows = []
+    for path in report_jsons:
+        report = json.loads(Path(path).read_text())
+        model_row = report["privacy_utility"]["rows"][0]
+        cnn = next((row["privacy"] for row in image_attack_summary(report.get("image_leakage", {"skipped": ""}))
+                    if row["input"] == "released"), None)
+        verification = report.get("verification", {})
+        protocol_judge = verification.get("protocol", {}).get("model", {}).get("judge")
+        rows.append([
+            f"{model_title(report['provenance']['model_config'])} [{_model_name(report)}]",
+            num(model_row["privacy"].get("balanced_accuracy")),
+            pair(cnn),
+            pair(report.get("judge_leakage", {}).get(RELEASED_IMAGES_TITLE)),
+            pair(verification.get("model", {}).get("siamese"), "accuracy"),
+            pair(verification.get("model", {}).get("judge"), "accuracy"),
+            "—" if not protocol_judge else f"{num(protocol_judge['accuracy'])} ± {num(protocol_judge['accuracy_std'])}",
+            num(report.get("reconstruction_fidelity", {}).get("psnr", {}).get("mean"), 2),
+        ])
+    return "\n".join(table(RELEASED_HEADER, rows)) + "\n"
 
 
 def tradeoff_points(report_jsons: list[str | Path]) -> list[dict]:
