@@ -22,7 +22,11 @@ Choices the paper leaves open, made here:
   collide in the batch (a positive across photos) and every other pair (a negative; an unknown identity
   counts as someone else).
   Positive and negative terms are averaged separately and summed, so the ~B²/2 negatives do not drown
-  the ~B positives. The shifted copy is reconstructed without gradient: it is a target, and a second
+  the ~B positives. With plain shuffling a batch of LFW's 1,146 training people holds few photo pairs of
+  one person; ``train.faces_per_identity = 4`` builds batches of 4 faces per person instead (measured on
+  LFW with the Original's fixed reconstructions: the paper's network 0.70-0.75 verification accuracy
+  either way, a wider one (32, 64, 128; FC 256) with identity batches 0.77-0.78 -- see
+  benchmarks/anonymizer_compare.md and models/anonymizer-lfw-wide-leace). The shifted copy is reconstructed without gradient: it is a target, and a second
   training pass through the decoder would double the cost of a step.
 - Every variant trains the adversary and the Siamese network, so their validation numbers (how much
   gender the training adversary reads, how well the Siamese network verifies) compare across variants;
