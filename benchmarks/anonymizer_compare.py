@@ -9,25 +9,14 @@ report.json). Writes OUT.md.
 """
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
-from pathlib import Path
-
 from conceal.audit.anonymizer import compare_anonymizers, compare_released
+from sweep import compare_arguments, invocation  # benchmarks/sweep.py: this script's folder is on sys.path
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("reports", nargs="+", metavar="REPORT_JSON", help="report.json of an anonymizer audit")
-    p.add_argument("-o", "--out", default="benchmarks/anonymizer_compare", help="output stem: OUT.md")
-    args = p.parse_args(argv)
-    missing = [r for r in args.reports if not Path(r).is_file()]
-    if missing:
-        p.error(f"no such report.json: {', '.join(missing)}")
-    out = Path(args.out).with_suffix(".md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = shlex.join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])])
+    args = compare_arguments(__doc__.splitlines()[0], "benchmarks/anonymizer_compare", argv)
+    out = args.out.with_suffix(".md")
+    command = invocation(__file__, argv)
     text = ["# Anonymizers compared", "", "## The paper's Table 1", "", compare_anonymizers(args.reports).rstrip(), "",
             "## What each model releases, read every way", "", compare_released(args.reports).rstrip(), "",
             f"Produced by `{command}`.", ""]

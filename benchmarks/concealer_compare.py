@@ -10,27 +10,17 @@ hold at least two distinct values of.
 """
 from __future__ import annotations
 
-import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from conceal.audit.concealer import SWEEPS, compare_concealers, leakage_sweep_figure
+from sweep import compare_arguments, invocation  # benchmarks/sweep.py: this script's folder is on sys.path
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("reports", nargs="+", metavar="REPORT_JSON", help="report.json of a concealer audit")
-    p.add_argument("-o", "--out", default="benchmarks/concealer_compare", help="output stem: OUT.md, OUT_<hyperparameter>.png")
-    args = p.parse_args(argv)
-    missing = [r for r in args.reports if not Path(r).is_file()]
-    if missing:
-        p.error(f"no such report.json: {', '.join(missing)}")
-    out = Path(args.out)
-    out = out.with_suffix("") if out.suffix == ".md" else out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    args = compare_arguments(__doc__.splitlines()[0], "benchmarks/concealer_compare", argv)
+    out = args.out
     figures = {by: leakage_sweep_figure(args.reports, out.parent / f"{out.name}_{by}.png", by=by) for by in SWEEPS}
-    command = shlex.join([Path(sys.executable).name, *(sys.argv if argv is None else [__file__, *argv])])
+    command = invocation(__file__, argv)
     text = [compare_concealers(args.reports).rstrip(), "", f"Produced by `{command}`.", ""]
     drawn = {by: path for by, path in figures.items() if path}
     if drawn:

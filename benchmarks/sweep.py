@@ -1,4 +1,5 @@
-"""What the sweep scripts share: train one point of a sweep (or continue it), then audit it; resumable."""
+"""What the benchmark scripts share: train one point of a sweep (or continue it), then audit it (resumable);
+the options of the scripts that compare audit reports; the command line a report quotes."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,26 @@ def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: in
 
 def write_sweep_report(out: Path, title: str, intro: str, body: str) -> None:
     """OUT.md: the title, "Produced by `<this command>`." + ``intro``, then ``body`` (the table, figure links)."""
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    command = invocation(sys.argv[0])
     out.with_suffix(".md").write_text("\n".join([f"# {title}", "", f"Produced by `{command}`. {intro}", "", body]))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+def compare_arguments(description: str, out: str, argv=None) -> argparse.Namespace:
+    """Parsed options of a script comparing audits: REPORT_JSON... (each must exist) and -o OUT (a stem)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("reports", nargs="+", metavar="REPORT_JSON", help="report.json of a `conceal audit`")
+    p.add_argument("-o", "--out", default=out, help="output stem: OUT.md (and the script's figures beside it)")
+    args = p.parse_args(argv)
+    missing = [r for r in args.reports if not Path(r).is_file()]
+    if missing:
+        p.error(f"no such report.json: {', '.join(missing)}")
+    out_path = Path(args.out)
+    args.out = out_path.with_suffix("") if out_path.suffix == ".md" else out_path
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def invocation(script: str, argv=None) -> str:
+    """The command line that ran ``script`` (``argv``: the arguments when called from Python), for a report."""
+    return shlex.join([Path(sys.executable).name, *(sys.argv if argv is None else [script, *argv])])

@@ -5,6 +5,7 @@ comparison table, the identity judge's path)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,22 @@ def test_compare_released_reads_every_part_and_marks_what_did_not_run(audited, t
     assert "0.610 / 0.700" in judged and "0.870 / 0.950" in judged and "0.860 ± 0.040" in judged
     siamese = data["verification"]["model"]["siamese"]
     assert f"{siamese['accuracy']:.3f} / {siamese['auc']:.3f}" in plain
+
+
+@pytest.mark.slow
+def test_anonymizer_compare_script_writes_both_tables(audited, tmp_path, monkeypatch):
+    import importlib.util
+
+    path, _, _ = audited
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "anonymizer_compare.py"
+    monkeypatch.syspath_prepend(str(script.parent))  # as when run as a script: benchmarks/sweep.py importable
+    spec = importlib.util.spec_from_file_location("anonymizer_compare", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main([str(path.parent / "report.json"), "-o", str(tmp_path / "out" / "compare.md")])
+    text = (tmp_path / "out" / "compare.md").read_text()
+    assert "## The paper's Table 1" in text and "## What each model releases, read every way" in text
+    assert text.count("| AIA") == 2 and "Produced by `" in text
 
 
 def test_model_title_names_what_the_weights_make_the_model():

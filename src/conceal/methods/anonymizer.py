@@ -26,8 +26,9 @@ Choices the paper leaves open, made here:
   one person; ``train.faces_per_identity = 4`` builds batches of 4 faces per person instead (measured on
   LFW with the Original's fixed reconstructions: the paper's network 0.70-0.75 verification accuracy
   either way, a wider one (32, 64, 128; FC 256) with identity batches 0.77-0.78 -- see
-  benchmarks/anonymizer_compare.md and models/anonymizer-lfw-wide-leace). The shifted copy is reconstructed without gradient: it is a target, and a second
-  training pass through the decoder would double the cost of a step.
+  benchmarks/anonymizer_utility_network.md and models/anonymizer-lfw-wide-leace).
+  The shifted copy is reconstructed without gradient: it is a target, and a second training pass through
+  the decoder would double the cost of a step.
 - Every variant trains the adversary and the Siamese network, so their validation numbers (how much
   gender the training adversary reads, how well the Siamese network verifies) compare across variants;
   in ``original`` they simply never push back on the autoencoder.
