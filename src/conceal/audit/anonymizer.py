@@ -791,9 +791,10 @@ def audit_anonymizer(
             sections["verification"]["protocol"] = protocol_verification(representations, test.pairs, seed)
         if judge_verifies:
             sections["verification"]["judge"] = _judge_name(judge)
+        elif not judge_verification:
+            sections["verification"]["judge_skipped"] = "not asked for (judge_verification=False)"
         else:
-            sections["verification"]["judge_skipped"] = (judge_status or "judge_verification=False") if judge is None or not judge_verification \
-                else "the test faces have no identities"
+            sections["verification"]["judge_skipped"] = judge_status if judge is None else "the test faces have no identities"
         pairs = sections["verification"].get("pairs", {})
         log(f"[audit]   {pairs.get('matched', 0)} matched / {pairs.get('mismatched', 0)} mismatched pairs")
 
