@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tomllib
 
 import numpy as np
 import pytest
@@ -154,8 +155,10 @@ def test_cli_train_encode_apply(tmp_path):
     run = tmp_path / "run"
     sets = [f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in SMALL.items()]
     argv = ["train", "anonymizer", "--dataset", "synthetic", "--set", "data.synthetic_n=200", "--size", "32", "--epochs", "1",
-            "--batch-size", "32", "-o", str(run), "--no-progress"]
+            "--batch-size", "32", "--alpha", "0.25", "--beta", "0.75", "-o", str(run), "--no-progress"]
     assert main(argv + [x for s in sets for x in ("--set", s)]) == 0
+    model_config = tomllib.loads((run / "config.toml").read_text())["model"]
+    assert (model_config["alpha"], model_config["beta"]) == (0.25, 0.75)  # the issue's --alpha/--beta flags
     faces = SyntheticFaces(n=3, seed=9, size=32).arrays().images
     from conceal.data.images import write_image
 

@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
     overrides = list(args.set or [])
     for flag, key in (("dataset", "data.dataset"), ("root", "data.root"), ("size", "data.size"), ("epochs", "train.epochs"),
                       ("batch_size", "train.batch_size"), ("lr", "train.lr"), ("seed", "train.seed"), ("device", "train.device"),
-                      ("max_minutes", "train.max_minutes"), ("latent", "model.latent")):
+                      ("max_minutes", "train.max_minutes"), ("latent", "model.latent"), ("alpha", "model.alpha"),
+                      ("beta", "model.beta"), ("keep", "model.keep")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_data_info)
 
     tr = sub.add_parser("train", help="train a method (one loop for all; checkpoints every epoch; --resume)")
-    tr.add_argument("method", help="concealer")
+    tr.add_argument("method", choices=METHOD_NAMES)
     tr.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
     tr.add_argument("--config", help="TOML config file (see configs/)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 (repeatable)")
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float)
     tr.add_argument("--seed", type=int)
     tr.add_argument("--latent", type=int, help="latent size (concealer: 48 or 100 in the paper)")
+    tr.add_argument("--alpha", type=float, help="weight of the utility (Siamese) loss (anonymizer; the paper's α)")
+    tr.add_argument("--beta", type=float, help="weight of the adversary's loss (anonymizer; the paper's β)")
+    tr.add_argument("--keep", type=float, help="fraction K of pixels the mask keeps (masker)")
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
     tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
