@@ -22,8 +22,8 @@ Choices the paper leaves open, made here:
   collide in the batch (a positive across photos) and every other pair (a negative; an unknown identity
   counts as someone else).
   Positive and negative terms are averaged separately and summed, so the ~B²/2 negatives do not drown
-  the ~B positives. With plain shuffling a batch of LFW's 1,146 training people holds few photo pairs of
-  one person; ``train.faces_per_identity = 4`` builds batches of 4 faces per person instead (measured on
+  the ~B positives. With plain shuffling a batch of 64 LFW faces holds ~21 photo pairs of one person,
+  13 of them of the most photographed man; ``train.faces_per_identity = 4`` builds batches of 4 faces per person instead (measured on
   LFW with the Original's fixed reconstructions: the paper's network 0.70-0.75 verification accuracy
   either way, a wider one (32, 64, 128; FC 256) with identity batches 0.77-0.78 -- see
   benchmarks/anonymizer_utility_network.md and models/anonymizer-lfw-wide-leace).
