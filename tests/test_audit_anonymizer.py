@@ -305,6 +305,10 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     assert identity["n_faces"] == 5 and set(identity) >= {"reconstruction", "gray_original", "different_person"}
     assert sections["judges"] == {"face_embedding": None, "age_gender": None} and sections["samples"]["identity_faces"] == 5
     assert sections["judge_leakage"]["released reconstructions"] == {"balanced_accuracy": 0.5, "auc": 0.5}
+    # The identity section reuses the verification's embeddings: the same numbers as embedding afresh.
+    alone = audit_anonymizer(tiny_anonymizer, test, tmp_path / "alone", judges={"face_embedding": FakeEmbedding()}, identity_faces=5,
+                             vector_seeds=1, image_attack=False, judge_verification=False, judge_attack=False, log=lambda _: None)
+    assert alone["reconstruction_fidelity"]["identity"] == identity and "judge_verification=False" in alone["verification"]["judge_skipped"]
     # The judge also verifies: its embeddings of every released reconstruction (row g) and original.
     verification = sections["verification"]
     assert verification["judge"].startswith("fake") and sections["samples"]["judge_verification_faces"] == len(test)

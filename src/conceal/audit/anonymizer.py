@@ -394,7 +394,12 @@ def _privacy_utility(variant: str, title: str, code_leakage: dict, verification:
 
 
 def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge, judge_status: str | None,
-                             rows: np.ndarray, seed: int) -> dict:
+                             rows: np.ndarray, seed: int, embedded: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """PSNR/SSIM against the grayscale originals; with ``judge``, identity similarity on ``rows``.
+
+    ``embedded``: the judge's (originals, reconstructions) embeddings of every test face when the verification
+    already computed them (N, 128) each -- reused instead of embedding the same faces again.
+    """
     gray = gray_images(test.images)
     result: dict[str, Any] = {
         "n": len(test),
@@ -407,7 +412,10 @@ def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge,
         return result
     from .judges import SAME_PERSON_DISTANCE
 
-    originals = judge.embed(test.images[rows])
+    if embedded is not None:
+        originals, reconstructions = embedded[0][rows], embedded[1][rows]
+    else:
+        originals, reconstructions = judge.embed(test.images[rows]), judge.embed(reconstructed[rows])
     partner, other = unrelated_partners(test.identity[rows], seed)  # context: a different person for each face
 
     def similarity(a: np.ndarray, b: np.ndarray) -> dict:
@@ -415,10 +423,10 @@ def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge,
         return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < SAME_PERSON_DISTANCE, seed)}
 
     result["identity"] = {
-        "judge": f"{getattr(judge, 'name', type(judge).__name__)} {judge!r}",
+        "judge": _judge_name(judge),
         "n_faces": len(rows),
         "same_person_distance": SAME_PERSON_DISTANCE,
-        "reconstruction": similarity(originals, judge.embed(reconstructed[rows])),
+        "reconstruction": similarity(originals, reconstructions),
         # Context: how much identity grayscale alone costs, and what unrelated people score.
         "gray_original": similarity(originals, judge.embed(gray[rows])),
         "different_person": similarity(originals[other], originals[partner][other]),
@@ -823,8 +831,9 @@ def audit_anonymizer(
     identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
     fidelity_judge = judge if identity_faces > 0 else None
     with step("reconstruction", "reconstruction" + (f" and identity on {len(identity_rows)} faces" if fidelity_judge is not None else "")):
+        embedded = (representations["original"]["judge"], representations["model"]["judge"]) if judge_verifies else None
         sections["reconstruction_fidelity"] = _reconstruction_fidelity(
-            test, reconstructed, fidelity_judge, judge_status if identity_faces > 0 else None, identity_rows, seed)
+            test, reconstructed, fidelity_judge, judge_status if identity_faces > 0 else None, identity_rows, seed, embedded)
 
     with step("figures", "figures"):
         sections["figures"] = {
