@@ -284,6 +284,9 @@ class FakeEmbedding:
 
     name = "fake"
 
+    def __repr__(self) -> str:  # the report names the judge by its repr: the same for every instance
+        return "FakeEmbedding()"
+
     def embed(self, images):
         return np.asarray(images, np.float32).reshape(len(images), -1)[:, :128] / 255 + 1e-3
 
