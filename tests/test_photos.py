@@ -1,0 +1,97 @@
+"""conceal.photos / conceal.faces: find faces in whole photos, conceal them, paste them back exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the face detector needs the photos extra")
+skimage_data = pytest.importorskip("skimage.data")
+
+from conceal.faces import FaceDetector  # noqa: E402
+from conceal.faces.align import FaceGeometry, align_face, similarity  # noqa: E402
+from conceal.faces.detect import DetectorUnavailable  # noqa: E402
+from conceal.photos import conceal_photo  # noqa: E402
+
+ASTRONAUT_FACE = (180, 55, 272, 180)  # x0, y0, x1, y1 of Eileen Collins' face in skimage.data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def detector():
+    try:
+        return FaceDetector()
+    except DetectorUnavailable as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage_data.astronaut()  # (512, 512, 3) uint8, one real face
+
+
+def _iou(a, b) -> float:
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(np.subtract(hi, lo), 0, None))
+    return inter / (np.prod(np.subtract(a[2:], a[:2])) + np.prod(np.subtract(b[2:], b[:2])) - inter)
+
+
+def test_detector_finds_the_astronaut_with_landmarks(detector, astronaut):
+    faces = detector(astronaut)
+    assert len(faces) == 1
+    face = faces[0]
+    assert _iou(np.array(face["box"]), np.array(ASTRONAUT_FACE)) > 0.6
+    assert 0.4 < face["score"] <= 1
+    (lx, ly), (rx, ry), nose, ml, mr = face["landmarks"]
+    assert lx < nose[0] < rx and max(ly, ry) < nose[1] < min(ml[1], mr[1])  # eyes above the nose above the mouth
+
+
+def test_detector_min_and_max_faces(detector, astronaut):
+    assert detector(astronaut, min_face=200) == []
+    assert len(detector(astronaut, max_faces=0)) == 0
+
+
+def test_no_face_photo_is_returned_unchanged(tiny_saved_models, detector):
+    from conceal.methods import load_api
+
+    coffee = skimage_data.coffee()
+    out, faces = conceal_photo(load_api(tiny_saved_models["masker"]), coffee, detector=detector)
+    assert faces == [] and np.array_equal(out, coffee) and out is not coffee
+
+
+@pytest.mark.parametrize("method", ["concealer", "masker", "anonymizer"])
+def test_conceal_photo_changes_only_the_face(tiny_saved_models, detector, astronaut, method):
+    from conceal.methods import load_api
+
+    model = load_api(tiny_saved_models[method])
+    out, faces = conceal_photo(model, astronaut, detector=detector)
+    assert out.shape == astronaut.shape and out.dtype == np.uint8 and len(faces) == 1
+    changed = (out != astronaut).any(2)
+    ys, xs = np.nonzero(changed)
+    assert len(ys) > 1000  # the face was replaced
+    x0, y0, x1, y1 = faces[0]["box"]
+    w, h = x1 - x0, y1 - y0
+    # every changed pixel lies near the detected face; the rest of the photo is bit-identical
+    assert xs.min() >= x0 - 0.5 * w and xs.max() <= x1 + 0.5 * w and ys.min() >= y0 - 0.5 * h and ys.max() <= y1 + 0.5 * h
+
+
+def test_no_detect_replaces_the_centre_crop(tiny_saved_models, astronaut):
+    from conceal.methods import load_api
+
+    photo = astronaut[:, :400]  # 512 x 400: the centre square is 400 x 400 at rows 56..456
+    out, faces = conceal_photo(load_api(tiny_saved_models["concealer"]), photo, detect=False, crop=1.0)
+    assert out.shape == photo.shape and faces[0]["box"] == [0.0, 56.0, 400.0, 456.0]
+    assert np.array_equal(out[:56], photo[:56]) and np.array_equal(out[456:], photo[456:])
+
+
+def test_align_puts_landmarks_on_the_template():
+    geometry = FaceGeometry.from_frame("utkface", 1.0, 64)
+    landmarks = np.array(geometry.template) * 3 + [100, 40]  # the same face, 3x larger, elsewhere
+    photo = np.zeros((400, 400, 3), np.uint8)
+    _, matrix = align_face(photo, landmarks, geometry)
+    mapped = (matrix @ np.c_[landmarks, np.ones(5)].T)[:2].T
+    np.testing.assert_allclose(mapped, geometry.template, atol=1e-6)
+
+
+def test_degenerate_landmarks_are_refused():
+    with pytest.raises(ValueError, match="degenerate"):
+        similarity(np.zeros((5, 2)), np.ones((5, 2)))
