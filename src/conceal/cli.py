@@ -1,12 +1,14 @@
 """The ``conceal`` command line: data info, train, apply, encode, audit, erase, export, bench, demo.
 
-Every user-facing failure (bad path, bad label, bad config, unreadable model) ends in one line
-``conceal: error: ...`` and exit status 2, never a traceback from deep inside.
+Every user-facing failure (bad path, bad label, bad config, unreadable model, a bad argument, a full
+disk, a closed pipe) ends in one line ``conceal: error: ...`` and exit status 2, never a traceback from
+deep inside. Parsing imports no torch: each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -15,13 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from . import __version__
-from .config import ConfigError, build_run_config
+from .config import ConfigError, DataConfig, TrainConfig, build_run_config
 from .data import DATASETS, DataError, LabelError, open_dataset
 from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image, write_image
+from .errors import CheckpointError, ExportError
 
-USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, FileNotFoundError)
+USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointError, ExportError)
 METHOD_NAMES = ("anonymizer", "concealer", "masker")  # sorted(conceal.methods.METHODS), without importing torch here
 DECODE_THREADS = 4  # image decoding threads of apply/encode (at most the CPU count)
 
@@ -54,18 +58,22 @@ def cmd_data_info(args) -> int:
 # --- conceal train ------------------------------------------------------------------------------
 
 
+# train flag -> the config key it sets (flags and --set go through the same checks)
+TRAIN_FLAGS = {"dataset": "data.dataset", "root": "data.root", "size": "data.size", "epochs": "train.epochs",
+               "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed", "device": "train.device",
+               "max_minutes": "train.max_minutes", "latent": "model.latent", "alpha": "model.alpha",
+               "beta": "model.beta", "keep": "model.keep"}
+
+
 def cmd_train(args) -> int:
     from .methods import method_class
     from .train import train
 
     overrides = list(args.set or [])
-    for flag, key in (("dataset", "data.dataset"), ("root", "data.root"), ("size", "data.size"), ("epochs", "train.epochs"),
-                      ("batch_size", "train.batch_size"), ("lr", "train.lr"), ("seed", "train.seed"), ("device", "train.device"),
-                      ("max_minutes", "train.max_minutes"), ("latent", "model.latent"), ("alpha", "model.alpha"),
-                      ("beta", "model.beta"), ("keep", "model.keep")):
+    for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
+            overrides.append(f"{key}={tomli_w.dumps({'v': value})[4:].strip()}")  # TOML, so nan and inf stay numbers
     cls = method_class(args.method)
     config_path = args.config
     if args.resume and config_path is None and (Path(args.out) / "config.toml").is_file():
@@ -73,12 +81,24 @@ def cmd_train(args) -> int:
     cfg = build_run_config(args.method, config_path, overrides, cls.Config)
     if args.no_progress:
         cfg.train.progress = False
-    state = train(cfg, args.out, resume=args.resume, init_from=args.init_from)
-    print(f"run directory: {args.out} (checkpoint/, config.toml, loss_curves.png)")
+    state = train(cfg, args.out, resume=args.resume, init_from=args.init_from, force=args.force)
+    written = [name for name in ("checkpoint/", "config.toml", "loss_curves.png") if (Path(args.out) / name).exists()]
+    print(f"run directory: {args.out} ({', '.join(written)})")
     return 130 if state.get("stopped") == "interrupted" else 0
 
 
 # --- conceal apply / encode ---------------------------------------------------------------------
+
+
+def _crop_fraction(text: str) -> float:
+    """--crop: a fraction of the shorter side in (0, 1], refused at parse time (a worker thread would fail later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {text!r}") from None
+    if not 0 < value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of the shorter side), not {text}")
+    return value
 
 
 def _decode(path: Path, size: int, crop: float) -> tuple[tuple[int, int], np.ndarray]:
@@ -198,9 +218,28 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def _refuse_existing(path: str | Path, overwrite: bool) -> None:
+    """Nothing is overwritten without asking: an existing output needs --overwrite; a folder is never replaced."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"-o {path} is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists: pass --overwrite to replace it")
+
+
+def _stored_path(file: Path, inputs: list[Path]) -> str:
+    """The name codes.npz keeps for ``file``: as the user spelled it, never absolute (an absolute path
+    tells whose machine and home folder the faces came from): an absolute input keeps only its own name."""
+    for given in inputs:
+        if given.is_absolute() and (file == given or given in file.parents):
+            return (Path(given.name) / file.relative_to(given)).as_posix() if file != given else given.name
+    return file.as_posix()
+
+
 def cmd_encode(args) -> int:
     from .methods import load_api
 
+    _refuse_existing(args.out, args.overwrite)
     model = load_api(args.model, fold_batch_norm=True)  # inference only: never trained or saved here
     if "codes" not in model.method.releases:
         raise ConfigError(f"a {model.method.name} model releases images, not codes: use conceal apply")
@@ -208,14 +247,17 @@ def cmd_encode(args) -> int:
     codes, paths = [], []
     for batch_paths, _, images in _iter_batches(files, model.image_size, _model_crop(args.model, args.crop), skipped):
         codes.append(model.encode(images))
-        paths += [str(p) for p in batch_paths]
+        paths += [_stored_path(p, args.inputs) for p in batch_paths]
     if not codes:
         raise DataError("no readable images among the inputs" + _skip_summary(skipped))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, codes=np.concatenate(codes), paths=np.array(paths))
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name[:32]}.{os.getpid()}.tmp.npz")  # short: a long output name still fits
+    try:
+        np.savez(tmp, codes=np.concatenate(codes), paths=np.array(paths))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {len(paths)} codes of size {codes[0].shape[1]} to {out}{_skip_summary(skipped)}")
     return 0
 
@@ -272,7 +314,7 @@ def cmd_demo(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import run_audit
 
-    report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed)
+    report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed)  # dataset None: the model's own
     print(f"report: {report}")
     return 0
 
@@ -284,6 +326,7 @@ def cmd_export(args) -> int:
     from .export import describe_inputs, export_onnx, max_difference, onnx_session, output_names
     from .train.checkpoint import load_model
 
+    _refuse_existing(args.out, args.overwrite)
     method = load_model(args.model)
     path = export_onnx(method, args.out)
     print(f"wrote {path}: the {method.name} release graph (batch axis N is dynamic)")
@@ -316,40 +359,77 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="conceal", description="Remove sensitive information from face images, and measure what leaks.")
-    p.add_argument("--version", action="version", version=f"conceal {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``conceal: error: ...`` (exit status 2), then where the help is."""
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    def error(self, message: str):
+        self.exit(2, f"conceal: error: {message} (see {self.prog} --help)\n")
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help says it already (or there is none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or action.required or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _config_help(text: str, key: str) -> str:
+    """Help of a train flag that sets config ``key``: what it does, and the default when no config sets it."""
+    section, name = key.split(".")
+    default = getattr({"data": DataConfig, "train": TrainConfig}[section], name)
+    return f"{text} (sets {key}; default: the config's, else {'none' if default is None else default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="conceal", description="Remove sensitive information from face images, and measure what leaks.",
+                      formatter_class=DefaultsFormatter)
+    p.add_argument("--version", action="version", version=f"conceal {__version__}")
+    subparser = functools.partial(OneLineParser, formatter_class=DefaultsFormatter)  # one-line errors, defaults in every --help
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=subparser)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="COMMAND",
+                                                                        parser_class=subparser)
     info = data.add_parser("info", help="counts per split, label distributions, identities, skipped files")
-    info.add_argument("--dataset", choices=DATASETS, required=True)
-    info.add_argument("--root", help="dataset folder (not needed for synthetic)")
+    info.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset to describe")
+    info.add_argument("--root", help="dataset folder (default: none; needed for every dataset but synthetic)")
     info.add_argument("--n", type=int, default=10000, help="synthetic only: number of faces")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_data_info)
 
     tr = sub.add_parser("train", help="train a method (one loop for all; checkpoints every epoch; --resume)")
-    tr.add_argument("method", choices=METHOD_NAMES)
+    tr.add_argument("method", choices=METHOD_NAMES, help=f"what to train: {', '.join(METHOD_NAMES)}")
     tr.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
-    tr.add_argument("--config", help="TOML config file (see configs/)")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 (repeatable)")
-    tr.add_argument("--dataset", choices=DATASETS)
-    tr.add_argument("--root")
-    tr.add_argument("--size", type=int)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--latent", type=int, help="latent size (concealer: 48 or 100 in the paper)")
-    tr.add_argument("--alpha", type=float, help="weight of the utility (Siamese) loss (anonymizer; the paper's α)")
-    tr.add_argument("--beta", type=float, help="weight of the adversary's loss (anonymizer; the paper's β)")
-    tr.add_argument("--keep", type=float, help="fraction K of pixels the mask keeps (masker)")
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time")
+    tr.add_argument("--config", help="TOML config file (see configs/; default: the built-in defaults, or the run's own "
+                    "config.toml with --resume)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 "
+                    "(repeatable; default: none)")
+    tr.add_argument("--dataset", choices=DATASETS, help=_config_help("training data", "data.dataset"))
+    tr.add_argument("--root", help=_config_help("dataset folder (not needed for synthetic)", "data.root"))
+    tr.add_argument("--size", type=int, help=_config_help("image side in pixels, at least 8", "data.size"))
+    tr.add_argument("--epochs", type=int, help=_config_help("epochs to train in all (with --resume: the new total)", "train.epochs"))
+    tr.add_argument("--batch-size", type=int, help=_config_help("images per batch", "train.batch_size"))
+    tr.add_argument("--lr", type=float, help=_config_help("learning rate", "train.lr"))
+    tr.add_argument("--seed", type=int, help=_config_help("seed of the weights' initialisation and of the batch order: "
+                    "the same config and seed give the same weights on CPU", "train.seed"))
+    # Method settings: their defaults live in each method's Config (tests/test_cli checks these numbers against them).
+    tr.add_argument("--latent", type=int, help="latent size (concealer: 48 or 100 in the paper; sets model.latent; default 48)")
+    tr.add_argument("--alpha", type=float, help="weight of the utility (Siamese) loss (anonymizer; the paper's α; "
+                    "sets model.alpha; default 0.5)")
+    tr.add_argument("--beta", type=float, help="weight of the adversary's loss (anonymizer; the paper's β; sets model.beta; default 0.5)")
+    tr.add_argument("--keep", type=float, help="fraction K of pixels the mask keeps (masker; sets model.keep; default 0.25)")
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help=_config_help("auto: CUDA when torch sees it", "train.device"))
+    tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time in this "
+                    "invocation; not kept for --resume (default: no limit)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tr.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (use its config.toml as --config)")
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--force", action="store_true", help="replace the run already in --out (its checkpoint, config.toml "
+                    "and loss curves) instead of refusing")
+    tr.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (use its config.toml as --config; "
+                    "default: fresh weights)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     tr.set_defaults(func=cmd_train)
 
     crop_help = ("fraction of the shorter side kept by the centre crop (default: the model's training crop, "
@@ -364,33 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("model", help="a model directory (models/NAME) or a run directory")
     ap.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     ap.add_argument("-o", "--out", required=True, help="output folder")
-    ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (others: unspecified)")
+    ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (default: none, every attribute unspecified)")
     ap.add_argument("--upscale", action="store_true", help="resize outputs to the input crop's size")
     ap.add_argument("--save-mask", action="store_true", help="masker: also write each released mask as NAME_mask.png")
-    ap.add_argument("--crop", type=float, default=None, help=crop_help)
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--crop", type=_crop_fraction, default=None, help=crop_help)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=cmd_apply)
 
     en = sub.add_parser("encode", help="export concealed codes (npz: codes N x d, paths N)")
-    en.add_argument("model")
-    en.add_argument("inputs", nargs="+", type=Path)
-    en.add_argument("-o", "--out", required=True, help="output .npz")
-    en.add_argument("--crop", type=float, default=None, help=crop_help)
+    en.add_argument("model", help="a model directory (models/NAME) or a run directory, of a method that releases codes")
+    en.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    en.add_argument("-o", "--out", required=True, help="output .npz (paths are stored as given, never absolute)")
+    en.add_argument("--crop", type=_crop_fraction, default=None, help=crop_help)
+    en.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     en.set_defaults(func=cmd_encode)
 
     au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")
-    au.add_argument("model")
-    au.add_argument("--dataset", choices=DATASETS, default="synthetic")
-    au.add_argument("--root")
+    au.add_argument("model", help="a model directory (models/NAME) or a run directory")
+    au.add_argument("--dataset", choices=DATASETS, help="whose test split to attack (default: the model's training dataset)")
+    au.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
     au.add_argument("-o", "--out", required=True, help="report directory (report.md, report.json, figures)")
-    au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split")
-    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split (default: all of it)")
+    au.add_argument("--seed", type=int, default=0, help="seed of the sample, the attackers and their splits")
     au.set_defaults(func=cmd_audit)
 
     er = sub.add_parser("erase", help="fit a post-hoc eraser of the concealed labels on a model's training codes (concealer, anonymizer)")
-    er.add_argument("model")
-    er.add_argument("--dataset", choices=DATASETS, help="default: the model's training dataset")
-    er.add_argument("--root")
+    er.add_argument("model", help="a concealer or anonymizer model directory (models/NAME) or run directory")
+    er.add_argument("--dataset", choices=DATASETS, help="whose train split to fit on (default: the model's training dataset)")
+    er.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
     er.add_argument("-o", "--out", required=True, help="output model directory (the input model is left as it is)")
     er.add_argument("--covariance-rank", type=int, default=0, metavar="R",
                     help="also flatten the R directions where label groups' spreads differ most (against non-linear attackers)")
@@ -400,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="a model directory (models/NAME) or a run directory")
     ex.add_argument("-o", "--out", required=True, help="output .onnx file")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check on random inputs")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="measure inference, apply, training and memory; write a markdown report")
@@ -424,19 +506,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_os_error(error: OSError) -> str:
+    """An OSError as one line naming the file: "no space left on device writing out/a.png"."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+    what = {errno.ENOSPC: "no space left on device", errno.ENAMETOOLONG: "file name too long"}.get(
+        error.errno, (error.strerror or str(error) or type(error).__name__).lower())
+    return f"{what}: {where}" if where else what
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .export import ExportError
-    from .train.checkpoint import CheckpointError
+    from safetensors import SafetensorError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (*USER_ERRORS, CheckpointError, ExportError) as e:
-        print(f"conceal: error: {e}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        message = str(e)
+    except BrokenPipeError:
+        # `conceal ... | head` closed our stdout: say so once, on stderr, and keep Python from
+        # failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        message = "output closed early (broken pipe)"
+    except OSError as e:  # a full disk, a name too long, a permission: the system's words, one line
+        message = describe_os_error(e)
+    except SafetensorError as e:
+        message = f"unreadable weights file: {e}"
     except KeyboardInterrupt:
         print("conceal: interrupted", file=sys.stderr)
         return 130
+    print(f"conceal: error: {' '.join(message.split())}", file=sys.stderr)  # one line, however the message is spelled
+    return 2
 
 
 if __name__ == "__main__":

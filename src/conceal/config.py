@@ -8,6 +8,7 @@ read from a TOML file, overridden from the CLI (``--set model.latent=100``), and
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -22,30 +23,62 @@ class ConfigError(ValueError):
     """A config value or key that does not fit; one-line message for the user."""
 
 
+def setting(default: Any, *, at_least: float | None = None, above: float | None = None, at_most: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with the values it accepts, checked whenever a config is read (``from_dict``).
+
+    Bounds apply to a number, or to every item of a tuple of numbers; ``None`` (where the type allows it)
+    always passes. Every float must also be finite, bounded or not: TOML reads ``inf`` and ``nan``.
+    """
+    limits = {"at_least": at_least, "above": above, "at_most": at_most, "choices": choices}
+    return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+def check_setting(value: Any, limits: dict, where: str) -> None:
+    """Raise ConfigError (one line) when ``value`` breaks the ``limits`` of a ``setting``."""
+    if value is None:
+        return
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            check_setting(item, limits, where)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, not {value}")
+    if "choices" in limits and value not in limits["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(limits['choices'])}, not {value!r}")
+    lo, above, hi = limits.get("at_least"), limits.get("above"), limits.get("at_most")
+    if (lo is not None and value < lo) or (above is not None and value <= above) or (hi is not None and value > hi):
+        low = f"at least {lo:g}" if lo is not None else f"above {above:g}" if above is not None else ""
+        high = f"at most {hi:g}" if hi is not None else ""
+        raise ConfigError(f"{where} must be {' and '.join(filter(None, (low, high)))}, not {value!r}")
+
+
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # utkface | lfw | folder | synthetic
+    dataset: str = setting("synthetic", choices=("utkface", "lfw", "folder", "synthetic"))
     root: str | None = None  # dataset folder; not needed for synthetic
-    size: int = 64  # images are centre-cropped and resized to size x size
-    crop: float | None = None  # fraction of the shorter side kept; None = the dataset's default
-    synthetic_n: int = 10000  # synthetic only: number of faces
-    synthetic_seed: int = 0  # synthetic only: generator seed
+    size: int = setting(64, at_least=8)  # images are centre-cropped and resized to size x size
+    crop: float | None = setting(None, above=0, at_most=1)  # fraction of the shorter side kept; None = the dataset's default
+    synthetic_n: int = setting(10000, at_least=1)  # synthetic only: number of faces
+    synthetic_seed: int = setting(0, at_least=0)  # synthetic only: generator seed
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    epochs: int = setting(20, at_least=1)
+    batch_size: int = setting(64, at_least=1)  # and at most the training images (checked once they are read)
+    lr: float = setting(1e-3, above=0)
+    seed: int = setting(0, at_least=0)  # numpy's generators take no negative seeds
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    # Stop (with a checkpoint) after this much training time in this invocation. Not kept for --resume: the
+    # run's saved config.toml never carries it, so each invocation gets only the limit it is given.
+    max_minutes: float | None = setting(None, above=0)
+    threads: int | None = setting(None, at_least=1)  # torch intra-op threads; None = torch's default
     progress: bool = True
     # 0: plain shuffled batches. K >= 2: batches built from groups of K faces of one person (faces of an
     # unknown identity stay single), so a verification loss sees real same-person pairs in every batch
     # instead of the few that random batches of a dataset with ~1,000 people happen to hold.
-    faces_per_identity: int = 0
+    faces_per_identity: int = setting(0, at_least=0)
 
     def __post_init__(self) -> None:
         if self.faces_per_identity == 1 or self.faces_per_identity < 0:
@@ -120,7 +153,10 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         key = sorted(unknown)[0]
         raise ConfigError(f"unknown config key '{where + '.' if where else ''}{key}'; known: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        check_setting(getattr(obj, f.name), f.metadata, f"{where + '.' if where else ''}{f.name}")
+    return obj
 
 
 def to_dict(obj: Any) -> dict:
@@ -158,9 +194,15 @@ def build_run_config(
     raw: dict = {}
     if toml_path is not None:
         try:
-            raw = tomllib.loads(Path(toml_path).read_text())
+            raw = tomllib.loads(Path(toml_path).read_bytes().decode("utf-8"))  # TOML is UTF-8 by definition
         except FileNotFoundError:
             raise ConfigError(f"config file {toml_path} not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {toml_path} is a folder, not a TOML file") from None
+        except OSError as e:
+            raise ConfigError(f"config file {toml_path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {toml_path} is not UTF-8 text (byte {e.start})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {toml_path}: {e}") from None
     raw.setdefault("method", method)
@@ -182,4 +224,8 @@ def build_run_config(
 
 
 def save_toml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(to_dict(cfg)))
+    """``cfg`` as TOML. A RunConfig is saved without ``train.max_minutes``: a time limit belongs to the one
+    invocation it was given to, so a plain ``--resume`` of the saved run is never cut short by it."""
+    if isinstance(cfg, RunConfig):
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_minutes=None))
+    Path(path).write_text(tomli_w.dumps(to_dict(cfg)), encoding="utf-8")

@@ -27,16 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ExportError
 from .methods import METHODS, Method, ModelAPI
 from .methods.anonymizer import AIA
 from .methods.concealer import Concealer, ConcealVAE
 from .methods.masker import MaskGenerator
 
 OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """Export is not possible (missing optional package, unknown method); one-line message for the user."""
 
 
 class ConcealerGraph(nn.Module):

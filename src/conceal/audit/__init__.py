@@ -61,7 +61,7 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
 
 def run_audit(
     model_path: str | Path,
-    dataset: str = "synthetic",
+    dataset: str | None = None,
     root: str | Path | None = None,
     out: str | Path = "report",
     max_images: int | None = None,
@@ -71,8 +71,8 @@ def run_audit(
     log: Callable[[str], None] = print,
     **options,
 ) -> Path:
-    """Audit the model at ``model_path`` on ``dataset``'s test split; write report.md, report.json and
-    figures into ``out``; return the path of report.md.
+    """Audit the model at ``model_path`` on ``dataset``'s test split (default: the dataset it was trained on);
+    write report.md, report.json and figures into ``out``; return the path of report.md.
 
     ``judges``: "auto" (use the installed judges), "off", or a dict of judge objects. ``options`` go to the
     method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``; anonymizer:
@@ -88,6 +88,10 @@ def run_audit(
     method = info.get("method")
     if method not in AUDITS:
         raise DataError(f"audit for method {method!r} is not implemented yet (audits exist for: {', '.join(AUDITS)})")
+    if dataset is None:
+        dataset = info.get("data", {}).get("dataset")
+        if dataset is None:
+            raise DataError(f"{model_path} does not say which dataset it was trained on: name one with --dataset")
     test = load_test_split(info, dataset, None if root is None else str(root), max_images, seed, log)
     started = datetime.now(timezone.utc)
 

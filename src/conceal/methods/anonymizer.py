@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import setting
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
 from .blocks import AttributeHeads
@@ -67,21 +68,21 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: RGB -> gray
 
 @dataclass
 class AnonymizerConfig:
-    variant: str = "aia"  # aia | original (plain autoencoder, α = β = 0) | aia_no_utility (α = 0)
+    variant: str = setting("aia", choices=VARIANTS)  # aia | original (plain autoencoder, α = β = 0) | aia_no_utility (α = 0)
     private: str = "gender"  # the label the adversary must not infer from g
-    encoder_widths: tuple[int, ...] = (8, 12)  # conv -> LeakyReLU -> avg-pool blocks; each halves the side
-    code_size: int | None = None  # Linear from the flattened feature map to g; None: g is the flattened map
-    decoder_widths: tuple[int, ...] = (256, 128)  # conv -> LeakyReLU -> upsample blocks, one per encoder block
-    adversary_hidden: int = 100  # tanh units of the adversary (eq. 6)
-    siamese_widths: tuple[int, ...] = (4, 8, 8)
-    siamese_hidden: int = 500
-    embedding: int = 128
-    margin: float = 2.0  # m of the contrastive loss (eq. 7): negatives are pushed at least this far apart
-    shift: int = 2  # pixels the positive copy is shifted by (at any image size)
-    alpha: float = 0.5  # weight of L_Siamese in fine-tuning (forced to 0 by variants original, aia_no_utility)
-    beta: float = 0.5  # weight of −L_Adv in fine-tuning (forced to 0 by variant original)
-    pretrain_steps: int = 500  # steps in which every component learns on its own; then fine-tuning
-    eraser_rank: int = 0  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
+    encoder_widths: tuple[int, ...] = setting((8, 12), at_least=1)  # conv -> LeakyReLU -> avg-pool blocks; each halves the side
+    code_size: int | None = setting(None, at_least=1)  # Linear from the flattened feature map to g; None: g is the flattened map
+    decoder_widths: tuple[int, ...] = setting((256, 128), at_least=1)  # conv -> LeakyReLU -> upsample blocks, one per encoder block
+    adversary_hidden: int = setting(100, at_least=1)  # tanh units of the adversary (eq. 6)
+    siamese_widths: tuple[int, ...] = setting((4, 8, 8), at_least=1)
+    siamese_hidden: int = setting(500, at_least=1)
+    embedding: int = setting(128, at_least=1)
+    margin: float = setting(2.0, above=0)  # m of the contrastive loss (eq. 7): negatives are pushed at least this far apart
+    shift: int = setting(2, at_least=0)  # pixels the positive copy is shifted by (at any image size)
+    alpha: float = setting(0.5, at_least=0)  # weight of L_Siamese in fine-tuning (forced to 0 by variants original, aia_no_utility)
+    beta: float = setting(0.5, at_least=0)  # weight of −L_Adv in fine-tuning (forced to 0 by variant original)
+    pretrain_steps: int = setting(500, at_least=0)  # steps in which every component learns on its own; then fine-tuning
+    eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:

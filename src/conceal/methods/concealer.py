@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import setting
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
 from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, reverse_gradient
@@ -35,15 +36,15 @@ N_DOWN = 4  # 64 -> 4x4 feature maps; image size must be a multiple of 16
 
 @dataclass
 class ConcealerConfig:
-    latent: int = 48  # the paper's two sizes: 48 and 100
-    width: int = 32  # channels of the first conv; doubles per stage (32 -> 256)
+    latent: int = setting(48, at_least=1)  # the paper's two sizes: 48 and 100
+    width: int = setting(32, at_least=1)  # channels of the first conv; doubles per stage (32 -> 256)
     conceal: tuple[str, ...] = ("age", "gender", "race")  # labels handed to the decoder instead of kept in z
-    kl_weight: float = 1.0  # β; the paper's Discussion proposes a heavier penalty
-    attr_dropout: float = 0.1  # probability of training a label as "unspecified"
-    critic_weight: float = 0.0  # λ of the latent critic; 0 = the paper's method
-    classifier_weight: float = 0.0  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
-    independence_weight: float = 0.0  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
-    eraser_rank: int = 0  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
+    kl_weight: float = setting(1.0, at_least=0)  # β; the paper's Discussion proposes a heavier penalty
+    attr_dropout: float = setting(0.1, at_least=0, at_most=1)  # probability of training a label as "unspecified"
+    critic_weight: float = setting(0.0, at_least=0)  # λ of the latent critic; 0 = the paper's method
+    classifier_weight: float = setting(0.0, at_least=0)  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
+    independence_weight: float = setting(0.0, at_least=0)  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
+    eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
 
 
 class ImageAttributeClassifier(nn.Module):

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
+from ..config import setting
 from ..data.schema import Label, LabelSchema
 from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
 from .blocks import AttributeHeads
@@ -66,12 +67,12 @@ VARIANTS = ("adversarial", "non_adversarial")
 @dataclass
 class MaskerConfig:
     task: str = "gender"  # the label the released pixels must keep: a dataset label or one of DERIVED_LABELS
-    keep: float = 0.25  # K: fraction of each image's pixels released
-    variant: str = "adversarial"  # adversarial | non_adversarial (no obfuscator batches)
-    predictor_steps: int = 3  # predictor batches before each obfuscator batch
-    masker_width: int = 16  # channels of the U-Net's first level; doubles per level
-    classifier_width: int = 32  # channels of Φ's first conv block; doubles per block
-    dense: int = 128  # width of Φ's dense layer
+    keep: float = setting(0.25, above=0, at_most=1)  # K: fraction of each image's pixels released
+    variant: str = setting("adversarial", choices=VARIANTS)  # adversarial | non_adversarial (no obfuscator batches)
+    predictor_steps: int = setting(3, at_least=1)  # predictor batches before each obfuscator batch
+    masker_width: int = setting(16, at_least=1)  # channels of the U-Net's first level; doubles per level
+    classifier_width: int = setting(32, at_least=1)  # channels of Φ's first conv block; doubles per block
+    dense: int = setting(128, at_least=1)  # width of Φ's dense layer
 
 
 # --- derived task labels ------------------------------------------------------------------------

@@ -23,14 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from ..config import RunConfig, from_dict, save_toml, to_dict
 from ..data.schema import LabelSchema
+from ..errors import CheckpointError
 from ..methods import Method, build_method, method_class
 from ..methods.blocks import has_folded_batch_norm
 
 FORMAT = "conceal-model/1"
-
-
-class CheckpointError(RuntimeError):
-    """A missing or unreadable checkpoint; one-line message for the user."""
 
 
 def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:

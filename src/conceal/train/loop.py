@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import RunConfig, save_toml
+from ..config import ConfigError, RunConfig, save_toml
 from ..data import FaceArrays
 from ..methods.base import Batch, Method, to_tensor_images
 from .checkpoint import load_train_state, save_checkpoint
@@ -29,9 +29,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device (use --device cpu or auto)")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
 
 
@@ -160,15 +160,22 @@ def fit(
     optimizers = method.configure_optimizers(tc.lr)
     n_batches = len(train) // tc.batch_size
     if n_batches == 0:
-        raise ValueError(f"{len(train)} training images is fewer than one batch of {tc.batch_size}")
+        raise ConfigError(f"train.batch_size {tc.batch_size} is more than the {len(train)} training images")
 
     state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "train_seconds": 0.0}
     if resume:
         state = load_train_state(run_dir, method, optimizers)
-        log(f"resumed from {run_dir / 'checkpoint'} at epoch {state['epoch']}, batch {state['batch']}")
+        if state["epoch"] >= tc.epochs:
+            log(f"{run_dir} has finished: it trained {state['epoch']} epochs and asks for {tc.epochs}; to train "
+                f"further, resume with more epochs (--resume --epochs {state['epoch'] + max(1, tc.epochs)})")
+            return {**state, "stopped": None, "finished_before": True, "timing": {"images": 0, "data_seconds": 0.0, "step_seconds": 0.0}}
+        # Counted as the stop line counts: the epoch in progress (from 1) and the batches of it already done.
+        log(f"resumed from {run_dir / 'checkpoint'} at epoch {state['epoch'] + 1}/{tc.epochs}, batch {state['batch']}/{n_batches}")
     save_toml(cfg, run_dir / "config.toml")
 
-    start, steps_here = time.monotonic(), 0
+    # --max-minutes limits this invocation's training time only: a resumed run gets the limit it is given.
+    began = start = time.monotonic()
+    steps_here = 0
     timing = {"images": 0, "data_seconds": 0.0, "step_seconds": 0.0}  # this call's steps (for `conceal bench`)
     stopped = None
     with _StopRequest() as stop:
@@ -201,7 +208,7 @@ def fit(
                 steps_here += 1
                 shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in SHOWN}
                 bar.set_postfix(shown | {"img/s": f"{tc.batch_size * (b + 1 - first) / max(step_time, 1e-9):.0f}"})
-                elapsed_min = (state["train_seconds"] + time.monotonic() - start) / 60
+                elapsed_min = (time.monotonic() - began) / 60
                 if stop.requested or (tc.max_minutes and elapsed_min >= tc.max_minutes) or (
                     stop_after_steps is not None and steps_here >= stop_after_steps
                 ):
@@ -214,7 +221,7 @@ def fit(
                 # Mid-epoch: keep the running sums so the epoch's means come out as if never stopped.
                 state["partial_sums"] = sums
                 save_checkpoint(run_dir, method, cfg, optimizers, state)
-                log(f"stopped ({stopped}) at epoch {epoch + 1}, batch {state['batch']}/{n_batches}; checkpoint saved; continue with --resume")
+                log(f"stopped ({stopped}) at epoch {epoch + 1}/{tc.epochs}, batch {state['batch']}/{n_batches}; checkpoint saved; continue with --resume")
                 break
             train_means = {k: v / n_batches for k, v in sums.items()}
             val_logs = evaluate(method, val, device) if len(val) else {}
