@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+	@echo "conceal is $(abspath $(BIN))/conceal: put it on your PATH with  . $(BIN)/activate"
 
 demo: $(STAMP)
 	$(BIN)/conceal demo -o out
+	@echo "conceal is $(abspath $(BIN))/conceal: put it on your PATH with  . $(BIN)/activate"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -250,3 +250,53 @@ def test_argument_errors_are_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("conceal: error: argument --crop") and "--help" in err
+
+
+# --- folder + CSV datasets ------------------------------------------------------------------------------
+
+
+def folder_dataset(root: Path, csv: str | bytes, images=("imgs/0.jpg", "imgs/1.jpg", "imgs/2.jpg", "imgs/3.jpg")) -> Path:
+    from PIL import Image
+
+    for i, name in enumerate(images):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(root / name)
+    (root / "labels.csv").write_bytes(csv if isinstance(csv, bytes) else csv.encode())
+    return root
+
+
+def test_folder_paths_are_normalised_so_aliases_are_one_image(tmp_path):
+    from conceal.data.folder import FolderCSV
+
+    root = folder_dataset(tmp_path, "path,smile\n./imgs/0.jpg,1\nimgs//0.jpg,0\nimgs/./0.jpg,1\nimgs/1.jpg,0\n")
+    ds = FolderCSV(root)
+    assert [r.path for r in ds.records] == [root / "imgs/0.jpg", root / "imgs/1.jpg"]
+    assert sorted(ds.skipped.values()) == ["listed twice in the CSV"] * 2
+
+
+def test_folder_never_follows_a_link_out_of_the_root(tmp_path):
+    from conceal.data.folder import FolderCSV
+
+    outside = folder_dataset(tmp_path / "outside", "path\n", images=("secret.jpg",))
+    root = folder_dataset(tmp_path / "root", "path,smile\nimgs/0.jpg,1\nleak.jpg,0\nimgs/alias.jpg,1\nimgs/1.jpg,0\n")
+    (root / "leak.jpg").symlink_to(outside / "secret.jpg")
+    (root / "imgs" / "alias.jpg").symlink_to(root / "imgs" / "0.jpg")  # inside the root, but the same image
+    ds = FolderCSV(root)
+    assert [r.path.name for r in ds.records] == ["0.jpg", "1.jpg"]
+    assert ds.skipped[str(root / "leak.jpg")] == "a link to a file outside the root"
+    assert "listed twice in the CSV" in ds.skipped.values()
+
+
+def test_inferred_label_kinds_are_said(tmp_path, capsys):
+    root = folder_dataset(tmp_path, "path,gender,mood\nimgs/0.jpg,-1\nimgs/1.jpg,2,happy\nimgs/2.jpg,0,sad\nimgs/3.jpg,1,sad\n")
+    assert main(["data", "info", "--dataset", "folder", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "gender continuous -1..2" in out and "mood categorical (2 classes: happy, sad)" in out
+    assert main(["data", "info", "--dataset", "folder", "--root", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inferred_kinds"]["gender"] == "continuous -1..2"
+
+
+def test_a_csv_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    root = folder_dataset(tmp_path, b"path,name\nimgs/0.jpg,Ren\xe9\n")
+    rc = main(["data", "info", "--dataset", "folder", "--root", str(root)])
+    assert "labels.csv is not UTF-8 text" in one_line_error(capsys, rc)

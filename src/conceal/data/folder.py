@@ -10,16 +10,22 @@ column's kind is inferred from its values:
 - anything else (more strings, a single string, no values) is not a label: it is ignored and listed in
   ``ignored_columns``.
 
+The inferred kinds are said, never silent (``inferred``, in ``data info`` and the training log): a gender
+coded -1..2 is continuous by these rules, and only the user knows it should not be (write class names).
+
 An empty cell is an unknown label (NaN). With an explicit schema, a cell that does not fit it skips the
-row ("malformed label 'age'='abc'"). Rows are split by the ``split`` column if there is one, else by
+row ("malformed label 'age'='abc'"). Paths are normalised (``./a.jpg``, ``a//b.jpg`` and ``a/./b.jpg``
+name one image each; a file listed twice under any spelling, or through a link, is skipped as listed
+twice), and a path that leads out of the root, through ``..`` or a link, is skipped. Rows are split by the ``split`` column if there is one, else by
 person when there is an ``identity`` column (so no one is in two splits), else by the relative path.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from csv import reader as csv_reader
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .base import SPLITS, DataError, FaceDataset, FaceRecord, assign_split
 from .images import is_image_name
@@ -55,6 +61,17 @@ def infer_label(name: str, values: list[str]) -> Label:
     return Label(name, "categorical", tuple(classes))
 
 
+def describe_kind(label: Label) -> str:
+    """'binary 0/1', 'continuous -1..2', 'categorical (3 classes: a, b, c)'."""
+    if label.kind == "continuous":
+        lo, hi = label.range
+        return f"continuous {lo:g}..{hi:g}"
+    if label.kind == "binary":
+        return "binary 0/1"
+    shown = ", ".join(label.classes[:5]) + (", ..." if label.n_classes > 5 else "")
+    return f"categorical ({label.n_classes} classes: {shown})"
+
+
 def _inferred_value(label: Label, cell: str) -> float:
     """Cell -> stored float for a label inferred from these very cells (so it always fits)."""
     if label.kind == "categorical":
@@ -81,21 +98,24 @@ class FolderCSV(FaceDataset):
         header, rows = self._read_csv(path_column)
         # Rows whose path is unusable are skipped first, so only usable rows shape the inferred schema.
         usable_rows = []
-        seen: set[str] = set()
+        seen: set[Path] = set()  # the resolved files already listed
+        real_root = self.root.resolve()
         for line, row in rows:
-            relative = row[path_column]
+            relative = row[path_column] = PurePosixPath(row[path_column]).as_posix() if row[path_column] else ""
             try:
-                self._check_path(relative, seen)
+                resolved = self._check_path(relative, real_root, seen)
             except ValueError as reason:
                 # A duplicate or empty path would be a confusing key: name the CSV line instead.
-                by_line = not relative or relative in seen
-                self.skipped[f"{self.csv_path.name} line {line}" if by_line else str(self.root / relative)] = str(reason)
+                key = str(self.root / relative)
+                by_line = str(reason) in ("empty path", "listed twice in the CSV") or key in self.skipped
+                self.skipped[f"{self.csv_path.name} line {line}" if by_line else key] = str(reason)
                 continue
-            seen.add(relative)
+            seen.add(resolved)
             usable_rows.append((line, row))
 
         label_columns = [c for c in header if c != path_column and c not in _RESERVED]
         self.ignored_columns: dict[str, str] = {}  # column -> why it is not a label
+        self.inferred: dict[str, str] = {}  # label column -> the kind inferred for it, in words
         if schema is None:
             labels = []
             for column in label_columns:
@@ -104,6 +124,7 @@ class FolderCSV(FaceDataset):
                 except LabelError as reason:
                     self.ignored_columns[column] = str(reason)
             self.schema = LabelSchema(tuple(labels))
+            self.inferred = {label.name: describe_kind(label) for label in labels}
         else:
             missing = [n for n in schema.names if n not in header]
             if missing:
@@ -138,7 +159,13 @@ class FolderCSV(FaceDataset):
     def _read_csv(self, path_column: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         """CSV -> (header, [(line number, row with stripped cells)]). Short rows get empty cells."""
         # utf-8-sig: spreadsheet programs often start the file with a byte-order mark.
-        with open(self.csv_path, newline="", encoding="utf-8-sig") as handle:
+        try:
+            text = self.csv_path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(f"folder: {self.csv_path.name} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        except OSError as e:
+            raise DataError(f"folder: cannot read {self.csv_path}: {e.strerror or e}") from None
+        with io.StringIO(text, newline="") as handle:
             reader = csv_reader(handle)
             header = [cell.strip() for cell in next(reader, [])]
             if path_column not in header:
@@ -154,17 +181,26 @@ class FolderCSV(FaceDataset):
 
     # The checks below raise ValueError with the skip reason.
 
-    def _check_path(self, relative: str, seen: set[str]) -> None:
+    def _check_path(self, relative: str, real_root: Path, seen: set[Path]) -> Path:
+        """-> the file ``relative`` names, resolved (links followed), when it is usable."""
         if not relative:
             raise ValueError("empty path")
         if Path(relative).is_absolute() or ".." in Path(relative).parts:
             raise ValueError("path must be relative to the root, inside it")
-        if relative in seen:
-            raise ValueError("listed twice in the CSV")
         if not is_image_name(relative):
             raise ValueError("not an image file (suffix)")
         if not (self.root / relative).is_file():
             raise ValueError("file not found")
+        resolved = (self.root / relative).resolve()
+        if not resolved.is_relative_to(real_root):
+            raise ValueError("a link to a file outside the root")
+        if resolved in seen:
+            raise ValueError("listed twice in the CSV")
+        return resolved
+
+    def summary_line(self) -> str:
+        kinds = ", ".join(f"{name} {kind}" for name, kind in self.inferred.items())
+        return super().summary_line() + (f"; label kinds inferred from {self.csv_path.name}: {kinds}" if kinds else "")
 
     def _parse_labels(self, row: dict[str, str], inferred: bool) -> dict[str, float]:
         labels = {}

@@ -68,6 +68,8 @@ def dataset_info(ds, size: int = 64) -> dict:
             for name in SPLITS
         },
         "label_kinds": {label.name: label.kind for label in schema},
+        # Kinds guessed from a CSV's values (folder datasets), said so that a wrong guess is seen.
+        "inferred_kinds": dict(getattr(ds, "inferred", {})),
         "identities": int(np.unique(known_identities).size) if known_identities.size else None,
     }
 
@@ -88,6 +90,9 @@ def format_info(info: dict) -> str:
         "splits      " + "  ".join(f"{name} {n}" for name, n in info["splits"].items()),
         f"identities  {info['identities'] if info['identities'] is not None else 'none'}",
     ]
+    if info.get("inferred_kinds"):
+        lines.append("inferred    " + "; ".join(f"{n} {k}" for n, k in info["inferred_kinds"].items())
+                     + "  (from the CSV's values; numbers other than 0/1 are continuous: write class names for classes)")
     if info["skipped"]:
         by_reason = Counter(info["skipped"].values())
         lines.append("skipped     " + "; ".join(f"{n} {reason}" for reason, n in by_reason.most_common()))
