@@ -1,0 +1,87 @@
+"""A corpus of malformed inputs run through the CLI: each bad image is skipped and counted among good ones,
+and alone ends in one line with exit status 2; odd but valid images work. No traceback, ever."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conceal.cli import main
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def jpeg_bytes(size=(40, 40)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+# name -> bytes of a file that is no usable image (None: made below, not written as bytes)
+BAD = {
+    "zero.jpg": b"",
+    "truncated.jpg": jpeg_bytes()[:300],
+    "random.png": bytes(np.random.default_rng(1).integers(0, 255, 500, dtype=np.uint8)),
+    "text.jpg": b"just some words\n",
+    "bomb.png": png_header_only(30000, 30000),
+    "header_only.png": png_header_only(40, 40),
+    "folder.jpg": None,
+    "dangling.jpg": None,
+}
+
+
+def odd_but_valid(folder: Path) -> list[str]:
+    """Images that are unusual but fine: 1x1, 16-bit grey, transparent, CMYK, palette, animated, tall."""
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "one_pixel.png")
+    Image.fromarray(np.full((30, 30), 40000, np.uint16)).save(folder / "grey16.png")
+    Image.new("RGBA", (30, 30), (0, 0, 0, 0)).save(folder / "transparent.png")
+    Image.new("CMYK", (30, 30), (0, 100, 100, 0)).save(folder / "cmyk.jpg")
+    Image.new("P", (30, 30), 3).save(folder / "palette.gif")
+    frames = [Image.new("RGB", (30, 30), (i * 50, 0, 0)) for i in range(3)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (10, 300)).save(folder / "tall.jpg")
+    return ["one_pixel.png", "grey16.png", "transparent.png", "cmyk.jpg", "palette.gif", "animated.gif", "tall.jpg"]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, content in BAD.items():
+        if content is not None:
+            (folder / name).write_bytes(content)
+    (folder / "folder.jpg").mkdir()
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    odd_but_valid(folder)
+    return folder
+
+
+def test_bad_images_are_skipped_and_counted_among_good_ones(tiny_model_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "codes.npz"
+    assert main(["encode", str(tiny_model_dir), str(corpus), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    codes = np.load(out)
+    assert len(codes["paths"]) == 7 and np.isfinite(codes["codes"]).all()  # every odd-but-valid image
+    # folder.jpg is a folder: not listed as a file at all; the other bad files are each counted.
+    assert f"{len(BAD) - 1} skipped" in captured.out
+
+
+@pytest.mark.parametrize("name", [n for n in BAD if n != "folder.jpg"])
+def test_each_bad_image_alone_is_one_line(tiny_model_dir, corpus, tmp_path, capsys, name):
+    rc = main(["encode", str(tiny_model_dir), str(corpus / name), "-o", str(tmp_path / "c.npz")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("conceal: error: ") and "Traceback" not in err, err
+    assert not (tmp_path / "c.npz").exists()
