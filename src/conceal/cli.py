@@ -361,6 +361,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# --- conceal serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    try:
+        from .service import Limits, serve
+    except ImportError as e:
+        raise ConfigError(f"conceal serve needs the serve extra ({e.name} is missing): pip install 'conceal[serve]'") from None
+    serve(args.models, host=args.host, port=args.port,
+          limits=Limits(workers=args.workers, queue=args.queue, max_upload_bytes=round(args.max_upload_mb * 2**20)))
+    return 0
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors: ``conceal: error: ...`` (exit status 2), then where the help is."""
 
@@ -505,6 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--model", default=None, help="default: models/concealer-utkface-64")
     de.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
     de.set_defaults(func=cmd_demo)
+
+    se = sub.add_parser("serve", help="an HTTP API (/docs) and a web page (/) to conceal photos",
+                        description="Loads the models once, then serves POST /v1/apply, GET /v1/models, GET /health and the page.")
+    se.add_argument("models", nargs="*", metavar="MODEL", help="model directories (default: the headline model of each method in models/)")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--workers", type=int, default=1, help="photos concealed at once (default: 1)")
+    se.add_argument("--queue", type=int, default=4, help="requests waiting for a worker before 503 (default: 4)")
+    se.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MiB (default: 20)")
+    se.set_defaults(func=cmd_serve)
     return p
 
 

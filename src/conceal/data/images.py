@@ -1,15 +1,18 @@
 """Safe image I/O on Pillow: every bad file becomes one short ``ImageReadError``, every write is clean.
 
-- ``read_image``: any file Pillow can open -> (H, W, 3) uint8 RGB, upright (EXIF orientation applied).
+- ``read_image`` (a path) / ``decode_image`` (bytes in memory, e.g. an upload): anything Pillow can open ->
+  (H, W, 3) uint8 RGB, upright (EXIF orientation applied).
   Transparent images are composited on white (dropping alpha would expose whatever colour hides under
   transparent pixels, often black); 16-bit images are scaled to 8 bits (Pillow's own conversion clips
   everything above 255 to white); CMYK is converted naively (no ICC colour management).
-- ``write_image``: PNG or JPEG with no metadata, written atomically, never over one of the inputs.
+- ``write_image``: PNG or JPEG with no metadata, written atomically, never over one of the inputs;
+  ``encode_image``: the same clean encoding to bytes in memory.
 - ``iter_image_files``: files and folders from the command line -> image files, plus what was skipped.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Iterable
@@ -37,6 +40,14 @@ class ImageReadError(ValueError):
         self.reason = reason
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image declaring more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+class NotAnImageError(ImageReadError):
+    """Bytes that no Pillow decoder recognises as an image."""
+
+
 def is_image_name(path: str | Path) -> bool:
     """True when the file name has an image suffix (case-insensitive)."""
     return os.path.splitext(str(path))[1].lower() in IMAGE_SUFFIXES
@@ -59,20 +70,32 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageReadError("file not found") from None
     except OSError as error:
         raise ImageReadError(f"unreadable file ({error.strerror or type(error).__name__})") from None
+    return _decode(path, max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``read_image`` for bytes already in memory (an upload): nothing touches the disk."""
+    if not data:
+        raise ImageReadError("zero-byte file")
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def _decode(source, max_pixels: int) -> np.ndarray:
+    """A path or a binary file object -> (H, W, 3) uint8 RGB, or ImageReadError (see ``read_image``)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageReadError(f"image too large ({width}×{height} > {max_pixels} pixels)")
+                raise ImageTooLargeError(f"image too large ({width}×{height} > {max_pixels} pixels)")
             img.load()  # decodes now, so a truncated file fails here rather than later
             img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise ImageTooLargeError(f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") from None
     except UnidentifiedImageError:
-        raise ImageReadError("not an image") from None
+        raise NotAnImageError("not an image") from None
     except PermissionError:
         raise ImageReadError("permission denied") from None
     except (OSError, SyntaxError, EOFError):
@@ -115,6 +138,17 @@ def center_crop_resize(img: np.ndarray, size: int, crop: float = 1.0) -> np.ndar
     box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
     resized = Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     return np.array(resized, dtype=np.uint8)  # (size, size, 3)
+
+
+def encode_image(array: np.ndarray, image_format: str = "PNG") -> bytes:
+    """An (H, W, 3) uint8 array as PNG or JPEG bytes made from the pixels alone: no EXIF, ICC profile or
+    text chunks. The same array always gives the same bytes."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    options = {"quality": 95} if image_format == "JPEG" else {}
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format=image_format, **options)
+    return buffer.getvalue()
 
 
 def write_image(path: str | Path, array: np.ndarray, protect: Iterable[str | Path] = ()) -> None:
