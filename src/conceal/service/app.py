@@ -28,6 +28,7 @@ from .. import __version__
 from ..config import ConfigError
 from ..data.images import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, NotAnImageError, decode_image, encode_image
 from ..data.schema import LabelError
+from ..faces import DetectorUnavailable
 from .catalog import ServedModel
 from .gate import Busy, InferenceGate
 from ..photos import conceal_photo
@@ -136,6 +137,11 @@ def create_app(models: dict[str, ServedModel], limits: Limits = Limits()) -> Fas
         where = ".".join(str(part) for part in first.get("loc", ()))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)  # a traceback: no request content
+        return JSONResponse({"error": f"internal error ({type(error).__name__})"}, status_code=500)
+
     @app.get("/", include_in_schema=False)
     async def index():
         return HTMLResponse(page["index.html"])
@@ -241,5 +247,8 @@ def _conceal_upload(model: ServedModel, data: bytes, options: dict, detect: bool
         raise ApiError(415, f"{error.reason} (send a JPEG, PNG, WebP, ...)") from None
     except ImageReadError as error:
         raise ApiError(422, error.reason) from None
-    released, faces = conceal_photo(model.api, image, as_=options.get("as_"), detect=detect)
+    try:
+        released, faces = conceal_photo(model.api, image, as_=options.get("as_"), detect=detect)
+    except DetectorUnavailable as error:  # the photos extra is missing on the server: its fix, in one line
+        raise ApiError(503, str(error)) from None
     return encode_image(released), faces, image.shape[:2]
