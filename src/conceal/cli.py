@@ -52,6 +52,8 @@ def cmd_data_info(args) -> int:
     from .data.info import dataset_info, format_info
 
     options = {"n": args.n} if args.dataset == "synthetic" else {}
+    if args.dataset == "fer2013":
+        options = {"labels": args.labels}
     info = dataset_info(open_dataset(args.dataset, args.root, **options))
     print(json.dumps(info, indent=1) if args.json else format_info(info))
     return 0
@@ -412,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset to describe")
     info.add_argument("--root", help="dataset folder (default: none; needed for every dataset but synthetic)")
     info.add_argument("--n", type=int, default=10000, help="synthetic only: number of faces")
+    info.add_argument("--labels", choices=("fer2013", "ferplus"), default="fer2013", help="fer2013 only: label scheme")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_data_info)
 

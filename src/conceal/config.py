@@ -55,10 +55,12 @@ def check_setting(value: Any, limits: dict, where: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = setting("synthetic", choices=("utkface", "lfw", "folder", "synthetic"))
+    dataset: str = setting("synthetic", choices=("utkface", "lfw", "folder", "fer2013", "synthetic"))
     root: str | None = None  # dataset folder; not needed for synthetic
     size: int = setting(64, at_least=8)  # images are centre-cropped and resized to size x size
     crop: float | None = setting(None, above=0, at_most=1)  # fraction of the shorter side kept; None = the dataset's default
+    # fer2013 only: fer2013 (its 7 emotions) | ferplus (FER+ majority vote over 8 emotions)
+    labels: str = setting("fer2013", choices=("fer2013", "ferplus"))
     synthetic_n: int = setting(10000, at_least=1)  # synthetic only: number of faces
     synthetic_seed: int = setting(0, at_least=0)  # synthetic only: generator seed
 

@@ -41,6 +41,8 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
     options = {}
     if dataset == "synthetic":
         options = {"n": data.get("synthetic_n", 10000), "seed": data.get("synthetic_seed", 0)} if same else {}
+    if dataset == "fer2013" and same:  # the label scheme the model was trained on
+        options = {"labels": data.get("labels", "fer2013")}
     if root is None and same:
         root = data.get("root")
     crop = data.get("crop") if same else None

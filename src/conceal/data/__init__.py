@@ -1,4 +1,4 @@
-"""Datasets: one interface (``FaceDataset`` -> ``FaceArrays``) for UTKFace, LFW, folder+CSV and synthetic faces."""
+"""Datasets: one interface (``FaceDataset`` -> ``FaceArrays``) for UTKFace, LFW, FER2013, folder+CSV and synthetic faces."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from .base import SPLITS, DataError, FaceArrays, FaceDataset, FaceRecord, assign_split
 from .schema import UTKFACE_SCHEMA, Label, LabelError, LabelSchema
 
-DATASETS = ("utkface", "lfw", "folder", "synthetic")
+DATASETS = ("utkface", "lfw", "folder", "fer2013", "synthetic")
 
 
 def default_crop(name: str | None) -> float:
@@ -42,6 +42,10 @@ def open_dataset(name: str, root: str | Path | None = None, **options):
         from .folder import FolderCSV
 
         return FolderCSV(root, **options)
+    if name == "fer2013":
+        from .fer2013 import FER2013
+
+        return FER2013(root, **options)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 

@@ -22,6 +22,8 @@ import numpy as np
 from .schema import LabelSchema
 
 SPLITS = ("train", "val", "test")
+# Splits some datasets add (FER2013's PrivateTest): held out, selected only by name.
+EXTRA_SPLITS = ("private_test",)
 
 
 class DataError(RuntimeError):
@@ -78,8 +80,8 @@ class FaceArrays:
         return self.pairs | {"rows": rows[kept], "same": self.pairs["same"][kept], "counts": counts}
 
     def subset(self, split: str) -> "FaceArrays":
-        if split not in SPLITS:
-            raise DataError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if split not in SPLITS + EXTRA_SPLITS:
+            raise DataError(f"split must be one of {', '.join(SPLITS + EXTRA_SPLITS)}, not {split!r}")
         return self.select(self.split == split)
 
 
@@ -112,6 +114,14 @@ class FaceDataset:
         if crop is None:
             crop = getattr(self, "default_crop", 1.0)
         return cached_arrays(self, size=size, crop=crop, progress=progress)
+
+    def source_file(self, record: FaceRecord) -> Path:
+        """The file ``record`` is read from (its size and mtime fingerprint the cache entry)."""
+        return record.path
+
+    # A dataset whose records are not image files (FER2013's CSV rows) also defines
+    # ``decode(record, size, crop) -> (size, size, 3) uint8``, raising ``ImageReadError`` for an unusable one;
+    # the cache then calls it instead of reading ``record.path`` as an image.
 
     def summary_line(self) -> str:
         line = f"{self.name}: {len(self.records)} usable images"

@@ -51,22 +51,28 @@ def _relative_paths(records: list[FaceRecord], root: Path) -> list[str]:
     return [p.replace(os.sep, "/") for p in relative]
 
 
-def _fingerprint(relative_paths: list[str], records: list[FaceRecord]) -> str:
-    """Hash of (relative path, size, mtime) of every source file, in sorted path order."""
+def _fingerprint(relative_paths: list[str], records: list[FaceRecord], dataset: FaceDataset) -> str:
+    """Hash of (relative path, size, mtime of its source file) of every record, in sorted path order."""
     digest = hashlib.sha256()
+    stats: dict[Path, str] = {}  # source file -> "size\0mtime" (FER2013's rows share one file)
     for relative, record in sorted(zip(relative_paths, records), key=lambda pair: pair[0]):
-        try:
-            stat = os.stat(record.path)
-            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:  # gone since the scan: decoding will report it
-            digest.update(f"{relative}\0missing\n".encode())
+        source = dataset.source_file(record)
+        if source not in stats:
+            try:
+                stat = os.stat(source)
+                stats[source] = f"{stat.st_size}\0{stat.st_mtime_ns}"
+            except OSError:  # gone since the scan: decoding will report it
+                stats[source] = "missing"
+        digest.update(f"{relative}\0{stats[source]}\n".encode())
     return digest.hexdigest()
 
 
-def _decode(path: Path, size: int, crop: float) -> np.ndarray | str:
+def _decode(dataset: FaceDataset, record: FaceRecord, size: int, crop: float) -> np.ndarray | str:
     """(size, size, 3) uint8 image, or the reason it cannot be read."""
     try:
-        return center_crop_resize(read_image(path), size, crop)
+        if hasattr(dataset, "decode"):  # records that are not image files (FER2013's CSV rows)
+            return dataset.decode(record, size, crop)
+        return center_crop_resize(read_image(record.path), size, crop)
     except ImageReadError as error:
         return error.reason
 
@@ -86,7 +92,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _build(
-    records: list[FaceRecord], relative_paths: list[str], size: int, crop: float, npy: Path, progress: bool, desc: str
+    dataset: FaceDataset, records: list[FaceRecord], relative_paths: list[str], size: int, crop: float, npy: Path, progress: bool, desc: str
 ) -> dict[str, str]:
     """Decode every record into ``npy``; returns relative path -> reason for the images that failed."""
     npy.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +101,7 @@ def _build(
     pool = ThreadPoolExecutor(_workers())  # Pillow releases the GIL while decoding and resizing
     try:
         images = np.lib.format.open_memmap(temps[0], mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
-        decoded = pool.map(_decode, [r.path for r in records], repeat(size), repeat(crop))
+        decoded = pool.map(_decode, repeat(dataset), records, repeat(size), repeat(crop))
         n_kept = 0
         for relative, result in tqdm(zip(relative_paths, decoded), total=len(records), desc=desc, disable=not progress):
             if isinstance(result, str):
@@ -135,9 +141,12 @@ def cached_arrays(dataset: FaceDataset, size: int, crop: float, progress: bool =
     if not scanned:
         raise DataError(f"{dataset.name}: no images to decode")
     relative_paths = _relative_paths(scanned, dataset.root)
-    settings = json.dumps([CACHE_VERSION, dataset.name, str(dataset.root.resolve()), size, crop])
+    settings = [CACHE_VERSION, dataset.name, str(dataset.root.resolve()), size, crop]
+    if getattr(dataset, "cache_variant", None):  # record sets that share a root (FER2013's two label schemes)
+        settings.append(dataset.cache_variant)
+    settings = json.dumps(settings)
     stem = f"{dataset.name}-{size}px-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
-    fingerprint = _fingerprint(relative_paths, scanned)
+    fingerprint = _fingerprint(relative_paths, scanned, dataset)
     npy = cache_dir() / f"{stem}-{fingerprint[:16]}.npy"
     meta_path = npy.with_suffix(".json")
 
@@ -147,7 +156,7 @@ def cached_arrays(dataset: FaceDataset, size: int, crop: float, progress: bool =
     kept_paths = [p for p in relative_paths if p not in failed]
     if images is None or kept_paths != meta["paths"]:
         images = None  # release any map of a mismatched entry before its file is replaced
-        failed = _build(scanned, relative_paths, size, crop, npy, progress, desc=f"caching {dataset.name} {size}px")
+        failed = _build(dataset, scanned, relative_paths, size, crop, npy, progress, desc=f"caching {dataset.name} {size}px")
         kept_paths = [p for p in relative_paths if p not in failed]
         _write_json(meta_path, {"fingerprint": fingerprint, "paths": kept_paths, "skipped": failed})
         _remove_stale(npy, meta_path, stem)

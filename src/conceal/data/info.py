@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from .base import SPLITS
+from .base import EXTRA_SPLITS, SPLITS
 from .schema import Label
 
 MAX_SKIPPED_SHOWN = 10
@@ -55,17 +55,18 @@ def dataset_info(ds, size: int = 64) -> dict:
     skipped = dict(getattr(ds, "skipped", {}))
     root = getattr(ds, "root", None)
     known_identities = identity[identity >= 0]
+    splits = list(SPLITS) + [name for name in EXTRA_SPLITS if (split == name).any()]  # (FER2013's PrivateTest)
     return {
         "dataset": getattr(ds, "name", type(ds).__name__),
         "root": None if root is None else str(root),
         "n_images": int(len(split)),
         "n_skipped": len(skipped),
         "skipped": skipped,
-        "splits": {name: int((split == name).sum()) for name in SPLITS},
+        "splits": {name: int((split == name).sum()) for name in splits},
         "labels": {label.name: _distribution(label, labels[label.name]) for label in schema},
         "labels_by_split": {
             name: {label.name: _distribution(label, labels[label.name][split == name]) for label in schema}
-            for name in SPLITS
+            for name in splits
         },
         "label_kinds": {label.name: label.kind for label in schema},
         # Kinds guessed from a CSV's values (folder datasets), said so that a wrong guess is seen.
@@ -102,11 +103,12 @@ def format_info(info: dict) -> str:
             lines.append(f"  ... and {info['n_skipped'] - MAX_SKIPPED_SHOWN} more")
 
     # One table: a block of rows per label, columns all + each split.
-    table = [["label", "value", "all", *SPLITS]]
+    splits = list(info["splits"])
+    table = [["label", "value", "all", *splits]]
     for name, distribution in info["labels"].items():
         kind = info["label_kinds"][name]
         for i, key in enumerate(distribution):
-            per_split = [info["labels_by_split"][split][name].get(key, 0) for split in SPLITS]
+            per_split = [info["labels_by_split"][split][name].get(key, 0) for split in splits]
             table.append([f"{name} ({kind})" if i == 0 else "", key, *map(_cell, [distribution[key], *per_split])])
     if len(table) > 1:
         widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]

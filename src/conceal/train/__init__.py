@@ -20,6 +20,8 @@ def load_data(cfg: RunConfig, progress: bool = True) -> tuple[FaceArrays, object
     """The run's dataset as arrays (decoded through the cache), plus the dataset object."""
     d = cfg.data
     options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if d.dataset == "synthetic" else {}
+    if d.dataset == "fer2013":
+        options = {"labels": d.labels}
     dataset = open_dataset(d.dataset, d.root, **options)
     return dataset.arrays(size=d.size, crop=d.crop, progress=progress), dataset
 
