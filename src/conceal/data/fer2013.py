@@ -29,7 +29,6 @@ import csv
 import gzip
 import io
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +74,14 @@ def ferplus_majority(votes: list[float]) -> int | str:
 
 def parse_pixels(text: str) -> np.ndarray:
     """``"70 80 ... 82"`` -> (48, 48) uint8, or ``ImageReadError`` with the reason."""
-    with warnings.catch_warnings():  # numpy warns (and stops) at a token that is not a number
-        warnings.simplefilter("ignore", DeprecationWarning)
+    n_values = len(text.split())
+    if n_values != N_PIXELS:
+        raise ImageReadError(f"malformed pixels: {n_values} values, expected {N_PIXELS}")
+    try:  # 3x faster than int() per token; raises at a token that is not a number
         values = np.fromstring(text, dtype=np.float64, sep=" ")
-    if values.size != N_PIXELS:
-        tokens = text.split()
-        if len(tokens) != N_PIXELS:
-            raise ImageReadError(f"malformed pixels: {len(tokens)} values, expected {N_PIXELS}")
+    except ValueError:
+        raise ImageReadError("malformed pixels: a value is not a number") from None
+    if values.size != N_PIXELS:  # older numpy stops (with a warning) instead of raising
         raise ImageReadError("malformed pixels: a value is not a number")
     if not np.all(values == np.round(values)):
         raise ImageReadError("malformed pixels: a value is not an integer")
