@@ -125,7 +125,9 @@ def test_identity_with_the_dlib_judge(masker_run, synthetic_small, tmp_path):
     test = synthetic_small.select(np.isin(synthetic_small.identity, people))
     sections = audit_masker(masker_run, test, tmp_path, judges="auto", identity_faces=5, leakage=False, log=lambda _: None, **FAST)
     identity = sections["identity"]
-    assert sections["judges"] == {"face_embedding": None} and identity["n_faces"] == 5
+    assert sections["judges"] == {"face_embedding": None, "age_gender": None} and identity["n_faces"] == 5
+    agreement = sections["gender_agreement"]  # the real gender judge, on the same 5 faces
+    assert agreement["n_faces"] == 5 and agreement["releases"]["original"]["agreement"]["mean"] == 1.0
     assert identity["reid"]["gallery_people"] == 4 and identity["reid"]["chance"] == 0.25
     releases = identity["releases"]
     assert releases["original"]["cosine"]["mean"] == pytest.approx(1.0) and releases["original"]["same_person_rate"]["mean"] == 1.0
@@ -135,3 +137,31 @@ def test_identity_with_the_dlib_judge(masker_run, synthetic_small, tmp_path):
     row = sections["table"]["rows"][-1]
     assert row["face"]["cosine"] == releases["masker"]["cosine"] and row["reid"]["chance"] == 0.25
     assert "1/4 = 0.2500" in "\n".join(RENDERERS["identity"](identity))
+
+
+class Brightness:
+    """A stand-in gender judge that calls a face female when its mean grey level is above 100."""
+
+    name = "brightness"
+
+    def predict(self, images):
+        return {"p_female": (np.asarray(images, np.float32).mean(axis=(1, 2, 3)) > 100).astype(np.float32)}
+
+
+def test_gender_agreement_compares_the_judges_readings(synthetic_small):
+    from conceal.audit.masker import gender_agreement
+
+    test = synthetic_small.subset("test")
+    rows = np.arange(len(test))
+    rng = np.random.default_rng(0)
+    releases = {"original": test.images, "black": np.zeros_like(test.images),
+                "coin": np.where(rng.random(len(test))[:, None, None, None] < 0.5, 255, 0).astype(np.uint8) * np.ones_like(test.images)}
+    result = gender_agreement(test, releases, Brightness(), rows, seed=0)
+    original = result["releases"]["original"]
+    assert original["agreement"]["mean"] == 1.0 and original["kappa"] == pytest.approx(1.0)
+    black = result["releases"]["black"]  # read "male" every time: agreement = the originals' male rate = chance
+    assert black["agreement"]["mean"] == pytest.approx(1 - result["original_female_rate"]) == pytest.approx(black["chance_agreement"])
+    assert black["female_rate"] == 0.0 and np.isnan(black["kappa"]) or abs(black["kappa"]) < 1e-9
+    coin = result["releases"]["coin"]  # a reading independent of the face: near chance, kappa near 0
+    assert abs(coin["agreement"]["mean"] - coin["chance_agreement"]) < 0.15 and abs(coin["kappa"]) < 0.3
+    assert "agreement" in "\n".join(RENDERERS["gender_agreement"](result | {"titles": {}}))

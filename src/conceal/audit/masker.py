@@ -16,6 +16,8 @@ Sections (plain numbers, written by ``report.write_report``):
 - ``identity``: with dlib's face-embedding judge, on a seeded sample: cosine similarity of original vs
   released face, and on data with identities, rank-1 re-identification of released faces against a
   gallery of original faces (one other image per test person).
+- ``gender_agreement``: on the same sample, how often the off-the-shelf gender judge reads the same gender
+  from each release as from its original (the measure for data without gender labels, like FER2013).
 - ``pixels_revealed``: the share of each image a release shows, with its definition per release.
 - ``figures``: faces with their masks and every release (like the paper's Figs. 2-3), the mean released
   mask, and a bar chart of the table.
@@ -280,6 +282,28 @@ def _identity(test: FaceArrays, releases: dict[str, np.ndarray], judge, rows: np
     return result
 
 
+def gender_agreement(test: FaceArrays, releases: dict[str, np.ndarray], judge, rows: np.ndarray, seed: int) -> dict:
+    """How often the off-the-shelf gender judge reads the same gender from a release as from its original.
+
+    For data without gender labels (FER2013): the judge's reading of the original stands in for the truth.
+    Agreement of the two readings at p(female) > 0.5, beside the agreement two independent readings with the
+    same rates would reach by chance; Cohen's kappa rescales it (0 = chance, 1 = always the same reading).
+    A release that hides gender sits near chance; one that keeps it near 1.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    original = judge.predict(test.images[rows])["p_female"] > 0.5  # (n,) the judge's reading of each original
+    result: dict[str, Any] = {"judge": _judge_name(judge), "n_faces": len(rows), "original_female_rate": float(original.mean()),
+                              "releases": {}}
+    for key, images in releases.items():
+        read = original if key == "original" else judge.predict(images[rows])["p_female"] > 0.5
+        chance = float(original.mean() * read.mean() + (1 - original.mean()) * (1 - read.mean()))
+        kappa = float(cohen_kappa_score(original, read)) if len(set(original) | set(read)) > 1 else float("nan")
+        result["releases"][key] = {"agreement": mean_interval(original == read, seed), "chance_agreement": chance,
+                                   "kappa": kappa, "female_rate": float(read.mean())}
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
@@ -463,10 +487,25 @@ def figures_markdown(s: dict) -> list[str]:
 
 
 # For report.md: section key -> markdown lines, rendered in this order before the shared sections.
+def gender_agreement_markdown(s: dict) -> list[str]:
+    lines = ["## Gender judge: the release's reading against the original's", ""]
+    if "skipped" in s:
+        return lines + [f"Skipped: {s['skipped']}.", ""]
+    lines += [f"{s['judge']} reads gender (p(female) > 0.5) from {s['n_faces']} test faces and from each release of them "
+              f"(it calls {num(s['original_female_rate'])} of the originals female). Agreement: the share of faces read the "
+              "same way; chance: what two independent readings with these rates agree; Cohen's kappa: 0 at chance, 1 always "
+              "the same. For data without gender labels (FER2013) this is how much of the judge's gender reading survives.", ""]
+    titles = s.get("titles", {})
+    rows = [[titles.get(key, key), with_interval(r["agreement"]), num(r["chance_agreement"]), num(r["kappa"]), num(r["female_rate"])]
+            for key, r in s["releases"].items()]
+    return lines + table(["release", "agreement ↓", "chance", "kappa ↓", "read female"], rows) + [""]
+
+
 RENDERERS = {
     "table": table_markdown,
     "task_accuracy": task_markdown,
     "identity": identity_markdown,
+    "gender_agreement": gender_agreement_markdown,
     "leakage": leakage_markdown,
     "pixels_revealed": pixels_markdown,
     "figures": figures_markdown,
@@ -646,7 +685,7 @@ def audit_masker(
     if identity_faces > 0:
         objects, status = resolve_judges(judges)
         judge = objects["face_embedding"]
-        sections["judges"] = {"face_embedding": status["face_embedding"]}
+        sections["judges"] = {"face_embedding": status["face_embedding"], "age_gender": status["age_gender"]}
     if judge is None:
         reason = "identity_faces=0" if identity_faces <= 0 else f"face embedding judge unavailable: {sections['judges']['face_embedding']}"
         sections["identity"] = {"skipped": reason}
@@ -655,6 +694,12 @@ def audit_masker(
         with step("identity", f"identity: dlib embeddings of {len(rows)} faces x {len(releases)} releases"
                               + (f", gallery of {len(gallery)} people" if len(gallery) else "")):
             sections["identity"] = {**_identity(test, releases, judge, rows, gallery, seed, log), "titles": titles, "sample_note": sample_note}
+    gender_judge = objects.get("age_gender") if identity_faces > 0 else None
+    if gender_judge is None:
+        sections["gender_agreement"] = {"skipped": "identity_faces=0" if identity_faces <= 0 else f"gender judge unavailable: {status['age_gender']}"}
+    else:
+        with step("gender_agreement", f"gender judge on {len(rows)} faces x {len(releases)} releases"):
+            sections["gender_agreement"] = {**gender_agreement(test, releases, gender_judge, rows, seed), "titles": titles}
 
     sections["pixels_revealed"] = {**_pixels_revealed(s, fraction, masked, seed), "titles": titles}
     sections["table"] = {
@@ -686,5 +731,5 @@ def audit_masker(
         "baselines": {"box_fraction": fraction, "blur_sigma": sigma, "pixelate_cells": pixelate_cells},
     }
     # The table first: report.md renders this module's sections in RENDERERS' order, the rest after.
-    order = ("table", "task_accuracy", "identity", "leakage", "pixels_revealed", "figures", "judges", "samples", "timings")
+    order = ("table", "task_accuracy", "identity", "gender_agreement", "leakage", "pixels_revealed", "figures", "judges", "samples", "timings")
     return {key: sections[key] for key in order if key in sections}
