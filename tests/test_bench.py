@@ -51,8 +51,8 @@ def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys, m
         assert f"\n{heading}\n" in f"\n{report}", heading
     for name in tiny_saved_models:  # a row per model in the headline, inference, apply and training tables
         assert report.count(f"| {name} |") >= 3 and f"conceal apply {name}" in report
-    for measured_text in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "channels_last + folded BN / eager",
-                          "efficiency (of peak, channels_last + folded BN)", "apply / blur", "data wait", "peak RSS (MiB)"):
+    for measured_text in ("fp32 matmul peak", "torch threads", "CPU", "onnxruntime / eager", "channels_last + folded / eager",
+                          "apply backend", "efficiency (of peak)", "efficiency (paired)", "apply / blur", "data wait", "peak RSS (MiB)"):
         assert measured_text in report
     assert not re.search(r"\b(nan|inf)\b", report)
     assert "--threads 1" in report  # the recorded command repeats the thread setting
@@ -70,13 +70,13 @@ def test_quick_bench_writes_every_section(tiny_saved_models, tmp_path, capsys, m
     # Inference: every backend in each of the three column groups (eager, then the others).
     section = report.split("## Inference")[1].split("\n## ")[0]
     header = next(line for line in section.splitlines() if line.startswith("| model |"))
-    assert header.count("| channels_last |") == 3 and header.count("| channels_last + folded BN |") == 3
-    assert header.count("| onnxruntime |") == 3
+    assert header.count("| channels_last |") == 4 and header.count("| channels_last + folded |") == 4
+    assert header.count("| onnxruntime (folded) |") == 4
 
     # Profile: the concealer only (the default), every torch backend, a by-layer line and at most 10 ops each.
     section = report.split("## Profile")[1].split("\n## ")[0]
     assert section.count("### ") == 3
-    for backend in ("eager (", "channels_last (", "channels_last + folded BN ("):
+    for backend in ("eager (", "channels_last (", "channels_last + folded ("):
         assert f"### concealer, {backend}" in section
     assert section.count("By layer: ") == 3 and "conv2d" in section
     assert 3 <= section.count("| `aten::") <= 30

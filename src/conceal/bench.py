@@ -48,8 +48,12 @@ NOISY_PEAK = 0.10  # relative difference of the matmul peaks before and after th
 PROFILE_TOP = 10  # ops listed per profiled backend
 TORCH_BACKENDS = ("eager", "channels_last", "folded")
 BACKENDS = (*TORCH_BACKENDS, "onnxruntime")
-APPLY_BACKEND = "folded"  # what `conceal apply` runs (load_api(..., fold_batch_norm=True)): the headline's efficiency
-BACKEND_NAMES = {"eager": "eager", "channels_last": "channels_last", "folded": "channels_last + folded BN", "onnxruntime": "onnxruntime"}
+BACKEND_NAMES = {"eager": "eager", "channels_last": "channels_last", "folded": "channels_last + folded", "onnxruntime": "onnxruntime (folded)"}
+
+
+def apply_backend(method: Method) -> str:
+    """The backend of this table `conceal apply` runs the method on (``Method.fastest_backend``; onnxruntime installed)."""
+    return "onnxruntime" if method.fastest_backend == "onnxruntime" else "folded"
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Counts:
     matmul_sizes: tuple[int, ...] = (1024, 2048, 3072)  # n of the n×n fp32 matmuls that measure the peak
     matmul_repeats: int = 7  # timed repeats per size (median and max reported)
     matmul_min_seconds: float = 0.25  # each repeat runs back-to-back matmuls for at least this long: a sustained rate
+    paired_matmul: int = 2048  # n of the matmul burst timed right before and after each throughput call (paired efficiency)
     profile_iters: int = 3  # profiled forwards per backend (after a warm-up one)
     apply_files: int = 2000  # generated JPEGs for the end-to-end comparison
     rss_files: int = 20000  # files of the larger RSS run (the smaller has a tenth)
@@ -70,7 +75,7 @@ class Counts:
 
 
 FULL = Counts()
-QUICK = Counts(latency_iters=3, batch=8, batch_iters=2, matmul_sizes=(64, 128), matmul_repeats=3, matmul_min_seconds=0.002,
+QUICK = Counts(latency_iters=3, batch=8, batch_iters=2, matmul_sizes=(64, 128), matmul_repeats=3, matmul_min_seconds=0.002, paired_matmul=128,
                profile_iters=1, apply_files=50, rss_files=200, train_steps=3, train_batch=8)
 
 
@@ -246,40 +251,76 @@ def flops_per_image(method: Method) -> float:
 
 def torch_runners(method: Method, batch: int) -> dict:
     """backend -> a no-argument call of the release graph on ``batch`` example inputs: "eager" (NCHW),
-    "channels_last" (NHWC weights and images) and "folded" (channels_last with each batch norm folded into
-    its conv, as `conceal apply` runs it). Call them under inference_mode."""
+    "channels_last" (NHWC weights and images) and "folded" (channels_last with the inference rewrites of
+    ``blocks.fold_for_inference``: batch norms folded into their convs, nearest upsampling + conv as a phase
+    conv + pixel shuffle; as `conceal apply` runs a torch-backend method). Call them under inference_mode."""
     from .export import example_inputs, graph_of, input_names
-    from .methods.blocks import fold_batch_norm
+    from .methods.blocks import fold_for_inference
 
     eager = graph_of(method)
     channels_last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
     folded = copy.deepcopy(channels_last)
-    fold_batch_norm(folded)
+    fold_for_inference(folded)
     inputs = example_inputs(method, batch)
     args = [inputs[n] for n in input_names(method)]
     cl_args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
     return {"eager": lambda: eager(*args), "channels_last": lambda: channels_last(*cl_args), "folded": lambda: folded(*cl_args)}
 
 
+def matmul_burst(n: int, seconds: float) -> float:
+    """GFLOP/s of back-to-back n×n fp32 matmuls for about ``seconds`` (one short sample of the machine's speed now)."""
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    count, t0 = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - t0 < seconds:
+        torch.mm(a, b, out=c)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
+
+
 def bench_inference(model: BenchModel, counts: Counts, work: Path) -> dict:
-    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (``BACKENDS``)."""
+    """Seconds per batch-1 call and images/s at ``counts.batch``, per backend (``BACKENDS``), and the paired efficiency.
+
+    onnxruntime runs the graph after the inference rewrites (``blocks.fold_for_inference``), as `conceal apply`
+    does. Paired efficiency: each timed batch-``counts.batch`` call sits between two matmul bursts of
+    ``counts.matmul_min_seconds``; its GFLOP/s over the bursts' mean, median over the calls. On a shared machine
+    whose speed moves by 2x within minutes, this ratio holds still where the run-wide peak does not.
+    """
     from .export import example_inputs, export_onnx, input_names, onnx_session
+    from .methods.blocks import fold_for_inference
 
     method, names = model.method, input_names(model.method)
-    session = onnx_session(export_onnx(method, work / "onnx" / f"{model.directory.name}.onnx"))
+    folded = copy.deepcopy(method).eval()
+    fold_for_inference(folded)
+    session = onnx_session(export_onnx(folded, work / "onnx" / f"{model.directory.name}.onnx"))
+    flops = flops_per_image(method)
 
     def runners(batch: int) -> dict:
         inputs = example_inputs(method, batch)
         feed = {n: inputs[n].numpy() for n in names}
         return {**torch_runners(method, batch), "onnxruntime": lambda: session.run(None, feed)}
 
-    result = {"latency_s": {}, "throughput": {}, "batch": counts.batch, "threads": torch.get_num_threads()}
+    result = {"latency_s": {}, "throughput": {}, "paired": {}, "batch": counts.batch, "threads": torch.get_num_threads(), "flops": flops}
+    burst = lambda: matmul_burst(counts.paired_matmul, counts.matmul_min_seconds)  # noqa: E731
     with torch.inference_mode():
         for backend, fn in runners(1).items():
             result["latency_s"][backend] = _median_seconds(fn, counts.latency_iters)
-        for backend, fn in runners(counts.batch).items():
-            result["throughput"][backend] = counts.batch / _median_seconds(fn, counts.batch_iters)
-    result["flops"] = flops_per_image(method)
+        big = runners(counts.batch)
+        times: dict[str, list[float]] = {b: [] for b in big}
+        ratios: dict[str, list[float]] = {b: [] for b in big}
+        for fn in big.values():
+            fn()  # warm-up
+        for _ in range(counts.batch_iters):  # backends interleaved, so a slow minute slows all of them alike
+            for backend, fn in big.items():
+                before = burst()
+                t0 = time.perf_counter()
+                fn()
+                seconds = time.perf_counter() - t0
+                times[backend].append(seconds)
+                ratios[backend].append(counts.batch * flops / seconds / 1e9 / ((before + burst()) / 2))
+        for backend in big:
+            result["throughput"][backend] = counts.batch / statistics.median(times[backend])
+            result["paired"][backend] = statistics.median(ratios[backend])
     return result
 
 
@@ -502,22 +543,25 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         "",
         "## Headline ratios",
         "",
-        f"Throughput at batch {counts.batch}; efficiency = achieved GFLOP/s of {BACKEND_NAMES[APPLY_BACKEND]}, the torch backend "
-        "`conceal apply` runs, / this machine's fp32 matmul peak "
-        f"({peak:.1f} GFLOP/s sustained, {_threads(threads)}, the higher of before and after the models: see Matmul peak); apply / blur = time of `conceal apply` / time of decode → blur → encode over the same "
+        f"Throughput at batch {counts.batch}; apply backend: the one `conceal apply` runs the method on (its fastest where "
+        "onnxruntime is installed); efficiency = its achieved GFLOP/s / this machine's fp32 matmul peak "
+        f"({peak:.1f} GFLOP/s sustained, {_threads(threads)}, the higher of before and after the models: see Matmul peak); "
+        "paired = the same over matmul bursts timed right before and after each call (robust to a machine whose speed "
+        "moves: see Inference); apply / blur = time of `conceal apply` / time of decode → blur → encode over the same "
         f"{counts.apply_files} photos (> 1: apply is slower); RSS ×{n_large // n_small} files = peak RSS over {n_large} files / over {n_small}.",
         "",
     ]
     rows = []
     for m in models:
         inf, tr = inference[m.label], training[m.label]
-        tp = inf["throughput"]
-        achieved = tp[APPLY_BACKEND] * inf["flops"] / 1e9
+        tp, chosen = inf["throughput"], apply_backend(m.method)
+        achieved = tp[chosen] * inf["flops"] / 1e9
         rows.append([m.label, f"{tp['onnxruntime'] / tp['eager']:.2f}×", f"{tp['channels_last'] / tp['eager']:.2f}×",
-                     f"{tp['folded'] / tp['eager']:.2f}×", f"{100 * achieved / peak:.1f}%", f"{apply_s[m.label] / blur_s:.2f}",
+                     f"{tp['folded'] / tp['eager']:.2f}×", BACKEND_NAMES[chosen], f"{100 * achieved / peak:.1f}%",
+                     f"{100 * inf['paired'][chosen]:.1f}%", f"{apply_s[m.label] / blur_s:.2f}",
                      f"{100 * tr['data_wait']:.1f}%", f"{rss[n_large] / rss[n_small]:.2f}" if m is rss_model else "—"])
-    lines += _table(["model", "onnxruntime / eager", "channels_last / eager", f"{BACKEND_NAMES['folded']} / eager",
-                     f"efficiency (of peak, {BACKEND_NAMES[APPLY_BACKEND]})", "apply / blur", "training data wait",
+    lines += _table(["model", "onnxruntime / eager", "channels_last / eager", f"{BACKEND_NAMES['folded']} / eager", "apply backend",
+                     "efficiency (of peak)", "efficiency (paired)", "apply / blur", "training data wait",
                      f"RSS ×{n_large // n_small} files"], rows)
     if noisy:
         lines += [f"**Noisy run**: the matmul peak measured before the models ({peak_before.gflops:.1f} GFLOP/s) and after them "
@@ -553,7 +597,10 @@ def run_benchmarks(cfg: BenchConfig) -> str:
               "The release graph `conceal export` writes (concealer: encode μ + decode with the attributes; masker: the "
               "masked image; anonymizer: the reconstruction), on float32 input; no image decoding or writing. Eager: "
               "NCHW tensors and weights; channels_last: NHWC; channels_last + folded BN: NHWC with each eval-mode batch "
-              "norm folded into the conv before it (`torch.nn.utils.fusion.fuse_conv_bn_eval`), as `conceal apply` runs it. "
+              "norm folded into the conv before it (`torch.nn.utils.fusion.fuse_conv_bn_eval`) and each nearest 2× upsampling + 3×3 conv "
+              "rewritten as a phase conv + pixel shuffle (`blocks.fold_for_inference`); onnxruntime runs that folded graph. "
+              f"Paired efficiency: each of the {counts.batch_iters} timed calls per backend (backends interleaved) between two "
+              f"{counts.paired_matmul}² matmul bursts; its GFLOP/s over the bursts' mean, median over the calls. "
               f"{_threads(threads)} (torch and onnxruntime intra-op), as the matmul peak. "
               f"Latency: median of {counts.latency_iters} batch-1 calls; throughput: median of {counts.batch_iters} "
               f"batch-{counts.batch} calls. FLOPs: convolutions and matmuls (torch FlopCounterMode), 2 per multiply-add.", ""]
@@ -565,10 +612,11 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         rows.append([m.label, f"{inf['flops'] / 1e6:.1f}",
                      *(_ms(lat[b]) for b in BACKENDS),
                      *(f"{tp[b]:.0f}" for b in BACKENDS),
-                     *(f"{gflops[b]:.1f} ({100 * gflops[b] / peak:.1f}%)" for b in BACKENDS)])
+                     *(f"{gflops[b]:.1f} ({100 * gflops[b] / peak:.1f}%)" for b in BACKENDS),
+                     *(f"{100 * inf['paired'][b]:.1f}%" for b in BACKENDS)])
     others = [BACKEND_NAMES[b] for b in BACKENDS[1:]]
     lines += _table(["model", "MFLOPs / image", "batch-1 ms eager", *others, f"batch-{counts.batch} img/s eager", *others,
-                     "GFLOP/s (of peak) eager", *others], rows)
+                     "GFLOP/s (of peak) eager", *others, "paired efficiency eager", *others], rows)
 
     lines += ["## Profile", ""]
     if not profiles:
@@ -580,7 +628,7 @@ def run_benchmarks(cfg: BenchConfig) -> str:
                   "itself, not in the ops it calls), as a share of all self time, with calls per forward. **By layer**: the "
                   "ops the forward calls directly (conv2d, conv_transpose2d, batch_norm, ...), each with everything it calls; an "
                   "op's layers: those holding ≥ 5% of its self time (…: smaller ones). Every torch backend of the Inference "
-                  "table (channels_last + folded BN has no batch_norm left: it is in the convs' weights).", ""]
+                  "table (channels_last + folded has no batch_norm left: it is in the convs' weights).", ""]
         for label, by_backend in profiles.items():
             for backend, prof in by_backend.items():
                 major = [(name, share) for name, share in prof["layers"] if share >= 0.01]

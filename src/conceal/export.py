@@ -19,6 +19,7 @@ shipped by every torch the project allows (``torch<=2.13.0``).
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -154,6 +155,19 @@ def describe_inputs(method: Method) -> dict[str, str]:
     return out
 
 
+def _export(method: Method, target, opset: int = OPSET) -> None:
+    """The method's release graph (dynamic batch) into ``target`` (a path or a binary file object)."""
+    graph = graph_of(method)
+    example = example_inputs(method, 2)
+    ins, outs = input_names(method), output_names(method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings say nothing here
+        torch.onnx.export(
+            graph, tuple(example[n] for n in ins), target, dynamo=False, opset_version=opset,
+            input_names=ins, output_names=outs, dynamic_axes={n: {0: "N"} for n in ins + outs},
+        )
+
+
 def export_onnx(method: Method, path: str | Path, opset: int = OPSET) -> Path:
     """Write the method's release graph to ``path`` (dynamic batch), with self-describing metadata."""
     try:
@@ -162,16 +176,8 @@ def export_onnx(method: Method, path: str | Path, opset: int = OPSET) -> Path:
         raise ExportError("ONNX export needs the export extra: pip install 'conceal[export]'") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = graph_of(method)
-    example = example_inputs(method, 2)
-    ins, outs = input_names(method), output_names(method)
     tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings say nothing here
-        torch.onnx.export(
-            graph, tuple(example[n] for n in ins), str(tmp), dynamo=False, opset_version=opset,
-            input_names=ins, output_names=outs, dynamic_axes={n: {0: "N"} for n in ins + outs},
-        )
+    _export(method, str(tmp), opset)
     proto = onnx.load(str(tmp))
     meta = {
         "conceal.method": method.name,
@@ -186,8 +192,8 @@ def export_onnx(method: Method, path: str | Path, opset: int = OPSET) -> Path:
     return path
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session on ``path``, with ``threads`` intra-op threads (default: torch's)."""
+def onnx_session(path: str | Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session on ``path`` (or a serialised model), with ``threads`` intra-op threads (default: torch's)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -195,7 +201,27 @@ def onnx_session(path: str | Path, threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRelease:
+    """The method's release graph on onnxruntime, exported in memory: what ``ModelAPI.apply`` runs where
+    onnxruntime is the faster backend (``Method.fastest_backend``). Export it after any inference folds
+    (``blocks.fold_for_inference``): onnxruntime runs the graph it is given."""
+
+    def __init__(self, method: Method, threads: int | None = None):
+        try:
+            import onnxruntime  # noqa: F401  (onnx_session raises the one-line error; checked before exporting)
+        except ImportError:
+            raise ExportError("the onnxruntime backend needs the export extra: pip install 'conceal[export]'") from None
+        buffer = io.BytesIO()
+        _export(method, buffer)
+        self.session = onnx_session(buffer.getvalue(), threads)
+
+    def released(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's inputs (``api_inputs``) -> released images (N, 3, S, S) float32 in [0, 1]."""
+        return self.session.run(["released"], feed)[0]
 
 
 def max_difference(method: Method, session, batch: int = 3, seed: int = 0) -> float:

@@ -23,15 +23,16 @@ APIS: dict[str, type[ModelAPI]] = {
 }
 
 
-def load_api(path, device: str = "cpu", fold_batch_norm: bool = False) -> ModelAPI:
+def load_api(path, device: str = "cpu", fold_batch_norm: bool = False, backend: str = "torch") -> ModelAPI:
     """Open any trained model (models/NAME or a run directory) through its method's API class.
 
-    ``fold_batch_norm=True``: batch norms folded into their convs, for inference only (see ``ModelAPI``).
+    ``fold_batch_norm=True``: batch norms (and nearest upsampling) folded into their convs, for inference only;
+    ``backend``: torch, onnxruntime or auto (the method's fastest where installed) for ``apply`` (see ``ModelAPI``).
     """
     from ..train.checkpoint import read_model_info
 
     name = read_model_info(path)["method"]
-    return APIS[name].load(path, device=device, fold_batch_norm=fold_batch_norm)
+    return APIS[name].load(path, device=device, fold_batch_norm=fold_batch_norm, backend=backend)
 
 
 def method_class(name: str) -> type[Method]:

@@ -24,6 +24,9 @@ class Method(nn.Module):
     # What the method hands to the world, which is exactly what the audit attacks:
     # "codes" (vectors from encode()) and/or "images" (from apply()).
     releases: ClassVar[tuple[str, ...]] = ()
+    # The inference backend `conceal apply` runs the release on when it is installed ("torch" or "onnxruntime"):
+    # whichever reached the higher share of the matmul peak in benchmarks/PROFILING.md's side-by-side runs.
+    fastest_backend: ClassVar[str] = "torch"
 
     def __init__(self, cfg, schema: LabelSchema, image_size: int):
         super().__init__()
@@ -77,7 +80,7 @@ class ModelAPI:
     method_class: type[Method]
     info: dict = {}  # the model's model.json, set by ``load`` (empty for a model built in memory)
 
-    def __init__(self, method: Method, batch_size: int = 256, fold_batch_norm: bool = False):
+    def __init__(self, method: Method, batch_size: int = 256, fold_batch_norm: bool = False, backend: str = "torch"):
         # channels_last (NHWC) conv weights: inputs from to_tensor_images are NHWC in memory already, and
         # measured on CPU (default configs, batch 64) apply ran 1.3x (concealer) to 2x (anonymizer) faster.
         self.method = method.eval().to(memory_format=torch.channels_last)
@@ -89,21 +92,37 @@ class ModelAPI:
         # ``method``), and only the caller knows that. A copy would double the weights in memory and could go
         # stale if ``method`` changed after it was made; in place, ``self.method`` is what inference runs, and
         # write_model_files refuses it. `conceal apply` / `conceal encode` pass True.
+        # The same goes for the other inference rewrites (blocks.fold_for_inference: nearest upsampling + conv
+        # as a phase conv + pixel shuffle, which the anonymizer's decoder has).
         if fold_batch_norm:
-            from .blocks import fold_batch_norm as fold
+            from .blocks import fold_for_inference
 
-            fold(self.method)
+            fold_for_inference(self.method)
+        # backend: "torch", "onnxruntime", or "auto" = the method's fastest_backend when onnxruntime is
+        # installed, else torch. Only ``apply`` runs on onnxruntime; encode and the rest stay on torch.
+        if backend not in ("torch", "onnxruntime", "auto"):
+            raise ValueError(f"backend must be torch, onnxruntime or auto, not {backend!r}")
+        if backend == "auto":
+            import importlib.util
+
+            backend = method.fastest_backend if importlib.util.find_spec("onnxruntime") else "torch"
+        self.backend = backend
+        self.onnx = None
+        if backend == "onnxruntime":
+            from ..export import OnnxRelease
+
+            self.onnx = OnnxRelease(self.method)
 
     @classmethod
-    def load(cls, path, device: str = "cpu", fold_batch_norm: bool = False):
+    def load(cls, path, device: str = "cpu", fold_batch_norm: bool = False, backend: str = "torch"):
         """Open a trained model; ``fold_batch_norm=True`` for inference only (faster; the model can then not be
-        trained or saved: see ``__init__``)."""
+        trained or saved: see ``__init__``); ``backend`` of ``apply`` (see ``__init__``)."""
         from ..train.checkpoint import load_model, read_model_info
 
         method = load_model(path, device=device)
         if not isinstance(method, cls.method_class):
             raise TypeError(f"{path} holds a {method.name} model, not a {cls.method_class.name}")
-        api = cls(method, fold_batch_norm=fold_batch_norm)
+        api = cls(method, fold_batch_norm=fold_batch_norm, backend=backend)
         api.info = read_model_info(path)  # model.json: the training data's crop, which photos align faces to
         return api
 
@@ -126,6 +145,17 @@ class ModelAPI:
 
     def apply(self, images: np.ndarray, **options) -> np.ndarray:
         raise NotImplementedError
+
+    def apply_onnx(self, images: np.ndarray, **options) -> np.ndarray:
+        """``apply`` on onnxruntime: the same graph, inputs and uint8 rounding as the torch path (within 1 level)."""
+        from ..export import api_inputs
+
+        images, out = self.check_images(images), []
+        for i in range(0, len(images), self.batch_size):
+            released = self.onnx.released(api_inputs(self, images[i : i + self.batch_size], **options))  # (B, 3, S, S) float32
+            out.append(np.rint(np.clip(released, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
+        s = self.image_size
+        return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
     def check_options(self, **options) -> None:
         """Validate ``apply`` options before any file is read (raise LabelError/ValueError, one line)."""

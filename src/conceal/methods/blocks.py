@@ -78,6 +78,65 @@ def fold_batch_norm(module: nn.Module) -> int:
     return folded
 
 
+# Rows (columns) of a nearest-2x-upsampled map that a 3x3 conv's taps d = -1, 0, 1 read, seen from the low-res
+# map: output row 2i + a reads input rows i + e. PHASE_TAPS[a][e + 1, d + 1] = 1 where tap d lands on offset e.
+PHASE_TAPS = torch.tensor([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],   # a = 0: d = -1 -> i - 1; d = 0, 1 -> i
+                           [[0, 0, 0], [1, 1, 0], [0, 0, 1]]],  # a = 1: d = -1, 0 -> i; d = 1 -> i + 1
+                          dtype=torch.float64)
+
+
+PHASE_CONV_MAX_CHANNELS = 4  # fold_nearest_upsampling rewrites only convs with at most this many output channels
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)  # commute with a pixel shuffle
+
+
+def fold_nearest_upsampling(module: nn.Module, max_out_channels: int = PHASE_CONV_MAX_CHANNELS) -> int:
+    """Rewrite each nearest 2x ``nn.Upsample`` followed by a 3x3, stride-1, padding-1 ``Conv2d`` with at most
+    ``max_out_channels`` outputs in an nn.Sequential as one 3x3 conv on the low-resolution map with 4x the
+    output channels, then (after the elementwise activation that follows, if any) ``nn.PixelShuffle(2)``.
+
+    Output pixel (2i + a, 2j + b) of conv(upsample(x)) reads only x's rows i + e and columns j + f for
+    e, f in {-1, 0, 1}, with the taps that land on the same input pixel summed: phase (a, b)'s kernel is
+    PHASE_TAPS[a] @ w @ PHASE_TAPS[b]^T. The same multiply-adds (9 taps x 4 phases at 1/4 of the pixels), but the
+    upsampled map is never written or read, and a conv with 1 output channel (the anonymizer's last) becomes one
+    with 4, which the CPU kernels block far better. Wider convs are left alone: measured on the anonymizer
+    (onnxruntime profile, benchmarks/PROFILING.md), the pixel shuffle of a 32-channel map cost more (a pass out
+    of the blocked layout and back) than the upsampling it saved. The activation goes before the shuffle so the
+    runtime can fuse it into the conv. For inference only, like ``fold_batch_norm`` (marks the module as folded).
+    Outputs agree to float rounding. Returns how many were folded.
+    """
+    folded = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for i, (first, second) in enumerate(itertools.pairwise(names)):
+            up, conv = seq._modules[first], seq._modules[second]
+            if not (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None and up.scale_factor in (2, 2.0, (2.0, 2.0))):
+                continue
+            if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+                    and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+                    and conv.out_channels <= max_out_channels):
+                continue
+            w = conv.weight.detach().double()  # (C_out, C_in, 3, 3)
+            # phases[o, a, b] = A_a @ w[o, i] @ A_b^T, laid out (C_out, 2, 2, C_in, 3, 3) -> channel o·4 + a·2 + b, as PixelShuffle reads it
+            phases = torch.einsum("aed,oidk,bfk->oabief", PHASE_TAPS, w, PHASE_TAPS).reshape(4 * conv.out_channels, conv.in_channels, 3, 3)
+            low = nn.Conv2d(conv.in_channels, 4 * conv.out_channels, 3, padding=1, bias=conv.bias is not None)
+            low.weight = nn.Parameter(phases.to(conv.weight.dtype).contiguous(memory_format=_memory_format(conv.weight)), conv.weight.requires_grad)
+            if conv.bias is not None:
+                low.bias = nn.Parameter(conv.bias.detach().repeat_interleave(4), conv.bias.requires_grad)
+            after = names[i + 2] if i + 2 < len(names) else None
+            if after is not None and isinstance(seq._modules[after], ELEMENTWISE):  # [up, conv, act] -> [conv', act, shuffle]
+                seq._modules[first], seq._modules[second], seq._modules[after] = low.to(conv.weight.device), seq._modules[after], nn.PixelShuffle(2)
+            else:
+                seq._modules[first], seq._modules[second] = low.to(conv.weight.device), nn.PixelShuffle(2)
+            setattr(seq, FOLDED, True)
+            folded += 1
+    return folded
+
+
+def fold_for_inference(module: nn.Module) -> int:
+    """Every inference-only rewrite of this file (``fold_batch_norm``, then ``fold_nearest_upsampling``); -> how many."""
+    return fold_batch_norm(module) + fold_nearest_upsampling(module)
+
+
 def has_folded_batch_norm(module: nn.Module) -> bool:
     """Whether ``fold_batch_norm`` changed any part of ``module`` (its state_dict is then not the method's)."""
     return any(getattr(m, FOLDED, False) for m in module.modules())
