@@ -12,6 +12,7 @@ from ..data import FaceArrays, open_dataset
 from ..methods import build_method
 from safetensors.torch import load_file
 
+from . import distributed
 from .checkpoint import load_model, model_dir, save_checkpoint
 from .loop import fit
 
@@ -77,7 +78,11 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, init_from: 
     initialisation and are named in the log (e.g. a wider utility network over a trained autoencoder).
     An existing run in ``run_dir`` is refused unless ``resume`` (continue it) or ``force`` (replace it).
     """
-    replaced = check_run_dir(run_dir, resume=resume, force=force)
+    world = distributed.from_environment()
+    if not world.main:
+        log = lambda *_: None  # noqa: E731  (under torchrun, rank 0 speaks for all)
+    # Under torchrun only rank 0 judges the folder: the others could see the config.toml rank 0 just wrote.
+    replaced = check_run_dir(run_dir, resume=resume, force=force) if world.main else []
     arrays, dataset = load_data(cfg, progress=cfg.train.progress)
     if getattr(dataset, "skipped", None):
         log(dataset.summary_line() if hasattr(dataset, "summary_line") else f"{len(dataset.skipped)} files skipped")
@@ -97,7 +102,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, init_from: 
     log(f"{type(method).__name__}: {n_params / 1e6:.2f}M parameters")
     for path in replaced:  # --force: only now that the new run is ready to start
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return fit(method, train_set, val_set, cfg, run_dir, resume=resume, log=log)
+    state = fit(method, train_set, val_set, cfg, run_dir, resume=resume, log=log)
+    distributed.teardown(world)  # under torchrun: leave the process group cleanly
+    return state
 
 
 __all__ = ["RUN_FILES", "check_run_dir", "fit", "init_weights", "load_data", "load_model", "save_checkpoint", "train"]

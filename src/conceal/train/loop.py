@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..config import ConfigError, RunConfig, save_toml
 from ..data import FaceArrays
 from ..methods.base import Batch, Method, to_tensor_images
+from . import distributed
 from .checkpoint import load_train_state, save_checkpoint
 
 SHOWN = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")  # loss terms on the progress bar
@@ -152,15 +153,19 @@ def fit(
     tc = cfg.train
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(tc.device)
+    world, device = distributed.setup(resolve_device(tc.device))  # torchrun: this process's rank and device
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     method.to(device).train()
     optimizers = method.configure_optimizers(tc.lr)
-    n_batches = len(train) // tc.batch_size
+    distributed.average_gradients(optimizers, world)
+    n_batches = distributed.batches_per_epoch(len(train), tc.batch_size, world)
     if n_batches == 0:
-        raise ConfigError(f"train.batch_size {tc.batch_size} is more than the {len(train)} training images")
+        raise ConfigError(f"train.batch_size {tc.batch_size} is more than the {len(train)} training images"
+                          + (f" can give each of {world.size} processes" if world.distributed else ""))
+    if not world.main:
+        log = lambda *_: None  # noqa: E731  (rank 0 speaks for all)
 
     state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "train_seconds": 0.0}
     if resume:
@@ -171,7 +176,10 @@ def fit(
             return {**state, "stopped": None, "finished_before": True, "timing": {"images": 0, "data_seconds": 0.0, "step_seconds": 0.0}}
         # Counted as the stop line counts: the epoch in progress (from 1) and the batches of it already done.
         log(f"resumed from {run_dir / 'checkpoint'} at epoch {state['epoch'] + 1}/{tc.epochs}, batch {state['batch']}/{n_batches}")
-    save_toml(cfg, run_dir / "config.toml")
+    distributed.broadcast_parameters(method, world)
+    distributed.seed_process(tc.seed, world)
+    if world.main:
+        save_toml(cfg, run_dir / "config.toml")
 
     # --max-minutes limits this invocation's training time only: a resumed run gets the limit it is given.
     began = start = time.monotonic()
@@ -185,7 +193,7 @@ def fit(
             bar = tqdm(
                 range(state["batch"], n_batches),
                 desc=f"epoch {epoch + 1}/{tc.epochs}",
-                disable=not tc.progress,
+                disable=not tc.progress or not world.main,
                 unit="batch",
                 leave=False,
             )
@@ -193,9 +201,11 @@ def fit(
             first = state["batch"]
             for b in bar:
                 t0 = time.perf_counter()
-                batch = make_batch(train, np.sort(order[b * tc.batch_size : (b + 1) * tc.batch_size]), device)
+                batch = make_batch(train, np.sort(distributed.batch_rows(order, b, tc.batch_size, world)), device)
                 t1 = time.perf_counter()
                 logs = method.training_step(batch, optimizers, state["step"])
+                distributed.average_buffers(method, world)
+                logs = distributed.mean_logs(logs, world, device)
                 t2 = time.perf_counter()
                 data_time, step_time = data_time + (t1 - t0), step_time + (t2 - t0)
                 timing["images"] += len(batch["image"])
@@ -209,7 +219,7 @@ def fit(
                 shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in SHOWN}
                 bar.set_postfix(shown | {"img/s": f"{tc.batch_size * (b + 1 - first) / max(step_time, 1e-9):.0f}"})
                 elapsed_min = (time.monotonic() - began) / 60
-                if stop.requested or (tc.max_minutes and elapsed_min >= tc.max_minutes) or (
+                if distributed.any_process(stop.requested or bool(tc.max_minutes and elapsed_min >= tc.max_minutes), world, device) or (
                     stop_after_steps is not None and steps_here >= stop_after_steps
                 ):
                     stopped = "interrupted" if stop.requested else ("max_minutes" if not stop_after_steps else "steps")
@@ -220,22 +230,25 @@ def fit(
             if stopped:
                 # Mid-epoch: keep the running sums so the epoch's means come out as if never stopped.
                 state["partial_sums"] = sums
-                save_checkpoint(run_dir, method, cfg, optimizers, state)
+                if world.main:
+                    save_checkpoint(run_dir, method, cfg, optimizers, state)
                 log(f"stopped ({stopped}) at epoch {epoch + 1}/{tc.epochs}, batch {state['batch']}/{n_batches}; checkpoint saved; continue with --resume")
                 break
             train_means = {k: v / n_batches for k, v in sums.items()}
-            val_logs = evaluate(method, val, device) if len(val) else {}
+            val_logs = evaluate(method, val, device) if len(val) and world.main else {}
             state["history"].append({"epoch": epoch + 1, "train": train_means, "val": val_logs, "data_wait": data_time / max(step_time, 1e-9)})
             state.update(epoch=epoch + 1, batch=0, partial_sums={})
-            save_checkpoint(run_dir, method, cfg, optimizers, state)
-            plot_history(state["history"], run_dir / "loss_curves.png")
+            if world.main:
+                save_checkpoint(run_dir, method, cfg, optimizers, state)
+                plot_history(state["history"], run_dir / "loss_curves.png")
             log(
                 f"epoch {epoch + 1}/{tc.epochs}  "
                 + "  ".join(f"{k} {v:.4g}" for k, v in train_means.items())
                 + "  | val "
                 + "  ".join(f"{k} {v:.4g}" for k, v in val_logs.items())
-                + f"  | {tc.batch_size * (n_batches - first) / max(step_time, 1e-9):.0f} img/s, data wait {100 * data_time / max(step_time, 1e-9):.1f}%"
+                + f"  | {world.size * tc.batch_size * (n_batches - first) / max(step_time, 1e-9):.0f} img/s, data wait {100 * data_time / max(step_time, 1e-9):.1f}%"
             )
     state["stopped"] = stopped
+    state["world_size"] = world.size  # returned only: the processes this call trained with
     state["timing"] = timing  # returned only, never checkpointed: it describes this call, not the run
     return state
