@@ -59,6 +59,10 @@ def test_every_readme_command_is_valid(argv):
         assert argv[1] == "-c" or (REPO / argv[1]).is_file(), f"{argv[1]} does not exist"
     elif argv[0] == "curl" or argv[:2] == [".venv/bin/pip", "install"]:
         pass  # the serve section's: tests/test_service_page.py runs its curl lines against a live `conceal serve`
+    elif argv[0] == "torchrun":  # torchrun [its flags] -m conceal ARGS: the ARGS must parse
+        module = argv.index("-m")
+        assert argv[module + 1] == "conceal"
+        build_parser().parse_args(argv[module + 2 :])
     elif argv[0] == "make":
         assert re.search(rf"^{argv[1]}:", (REPO / "Makefile").read_text(), flags=re.M), f"no make target {argv[1]}"
     elif argv[:2] == [".", ".venv/bin/activate"]:
