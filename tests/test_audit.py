@@ -262,7 +262,7 @@ FAST = {"vector_seeds": 2, "cnn_epochs": 1, "cnn_min_steps": 3, "judge_faces": 6
 def test_audit_without_judges_writes_a_complete_deterministic_report(tiny_model, tmp_path, capsys):
     from conceal.audit import run_audit
 
-    path = run_audit(tiny_model, dataset="synthetic", out=tmp_path / "a", max_images=200, judges="off", command="test", **FAST)
+    path = run_audit(tiny_model, dataset="synthetic", out=tmp_path / "a", max_images=200, judges="off", command="test", threat_model="test-halves", **FAST)
     assert "[audit] a. leakage of concealed codes" in capsys.readouterr().out
     data = json.loads((tmp_path / "a" / "report.json").read_text())
     assert data["provenance"]["method"] == "concealer" and data["provenance"]["command"] == "test"
@@ -275,10 +275,10 @@ def test_audit_without_judges_writes_a_complete_deterministic_report(tiny_model,
     text = path.read_text()
     assert "Judges unavailable" in text and "majority acc" in text
 
-    run_audit(tiny_model, dataset="synthetic", out=tmp_path / "b", max_images=200, judges="off", command="test", log=lambda _: None, **FAST)
+    run_audit(tiny_model, dataset="synthetic", out=tmp_path / "b", max_images=200, judges="off", command="test", threat_model="test-halves", log=lambda _: None, **FAST)
     again = json.loads((tmp_path / "b" / "report.json").read_text())
     for report in (data, again):
-        report.pop("timings"), report["provenance"].pop("date")
+        report.pop("timings"), report["provenance"].pop("date"), report["provenance"].pop("wall_seconds")
     assert again == data
 
 
@@ -326,7 +326,7 @@ def test_judged_sections_with_stand_in_judges(tiny_model, tmp_path):
 def test_audit_with_the_real_judges(tiny_model, tmp_path):
     from conceal.audit import run_audit
 
-    run_audit(tiny_model, dataset="synthetic", out=tmp_path, max_images=30, log=lambda _: None, **FAST)
+    run_audit(tiny_model, dataset="synthetic", out=tmp_path, max_images=30, threat_model="test-halves", log=lambda _: None, **FAST)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["judges"] == {"age_gender": None, "face_embedding": None}
     assert data["judge_calibration"]["n"] == 6 and data["rendering"]["n_faces"] == 6

@@ -152,7 +152,7 @@ def audited(tiny_anonymizer, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("anonymizer_report")
     logs: list[str] = []
-    path = run_audit(tiny_anonymizer, dataset="synthetic", out=out, max_images=300, judges="off", command="test",
+    path = run_audit(tiny_anonymizer, dataset="synthetic", out=out, max_images=300, judges="off", command="test", threat_model="test-halves",
                      log=logs.append, **FAST)
     return path, json.loads((out / "report.json").read_text()), logs
 

@@ -43,7 +43,7 @@ def audited(masker_run, tmp_path_factory):
     from conceal.audit import run_audit
 
     out = tmp_path_factory.mktemp("masker_report")
-    path = run_audit(masker_run, dataset="synthetic", out=out, judges="off", command="test", log=lambda _: None, **FAST)
+    path = run_audit(masker_run, dataset="synthetic", out=out, judges="off", command="test", threat_model="test-halves", log=lambda _: None, **FAST)
     return path, json.loads((out / "report.json").read_text())
 
 

@@ -319,7 +319,8 @@ def cmd_demo(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import run_audit
 
-    report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed)  # dataset None: the model's own
+    report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed,
+                       threat_model=args.threat_model, max_train=args.max_train, reuse_test_halves=args.reuse_test_halves)
     print(f"report: {report}")
     return 0
 
@@ -484,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
     au.add_argument("-o", "--out", required=True, help="report directory (report.md, report.json, figures)")
     au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split (default: all of it)")
+    au.add_argument("--threat-model", choices=("public-model", "test-halves", "all"), default="all",
+                    help="public-model: attackers trained on the train split's releases (the headline); test-halves: on half "
+                         "the test split (data-poor, for comparison); all (default)")
+    au.add_argument("--max-train", type=int, default=None, help="public-model: a seeded sample of the train split (quick looks)")
+    au.add_argument("--reuse-test-halves", metavar="REPORT_JSON", default=None,
+                    help="carry the test-halves sections over from an earlier report.json of the same model, test faces and seed")
     au.add_argument("--seed", type=int, default=0, help="seed of the sample, the attackers and their splits")
     au.set_defaults(func=cmd_audit)
 

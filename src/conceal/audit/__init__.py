@@ -4,14 +4,21 @@ against the chance/majority baseline, plus independent offline judges (``judges`
 >>> from conceal.audit import run_audit
 >>> run_audit("models/concealer-utkface-64", dataset="utkface", root="../shared/datasets/utkface/UTKFace", out="report")
 
-Modules: ``attackers`` (vector and image attackers, half-splits), ``metrics`` (scikit-learn/scikit-image
-wrappers), ``concealer`` (the concealer's sections), ``report`` (report.json + report.md), ``judges``.
+Threat models: ``public`` (``public-model``, the headline: attackers trained on the train split's releases,
+chosen on the validation split, scored on the test split's) and the methods' own sections (``test-halves``:
+attackers trained on half the test split, data-poor, kept for comparison).
+
+Modules: ``context`` (the audit context: model, splits, releases and embeddings, made once), ``public``
+(the public-model protocol and the headline), ``suite`` (its scikit-learn attackers), ``common`` (judges and
+samples every section may use), ``attackers`` (test-halves attackers and the CNN), ``metrics``,
+``concealer`` / ``anonymizer`` / ``masker`` (each method's own sections), ``report`` (report.json + report.md), ``judges``.
 Nothing heavy is imported until ``run_audit`` is called.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -61,6 +68,45 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
     return test
 
 
+THREAT_MODELS = ("public-model", "test-halves", "all")
+# method -> "module:function" giving the keyword arguments of the model's ``apply`` for its audited release
+# (the concealer's fixed target); methods without one release ``apply(images)``.
+RELEASE_OPTIONS = {"concealer": "concealer:release_options"}
+
+
+def _reused_test_halves(path: Path, method: str, n_test: int, seed: int) -> dict:
+    """The test-halves sections of an earlier report.json, checked to be of the same method, test faces and seed."""
+    import json
+
+    from ..data import DataError
+
+    try:
+        earlier = json.loads(path.read_text())
+        provenance = earlier["provenance"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"--reuse-test-halves {path}: not a readable audit report.json ({error})") from None
+    same = (provenance.get("method"), provenance.get("n_test_faces"), provenance.get("seed")) == (method, n_test, seed)
+    if not same:
+        raise DataError(f"--reuse-test-halves {path}: audited {provenance.get('method')} on {provenance.get('n_test_faces')} test faces "
+                        f"with seed {provenance.get('seed')}, not {method} on {n_test} with seed {seed}")
+    skip = {"provenance", "headline", "public_model", "test_halves"}
+    method_sections = {k: v for k, v in earlier.items() if k not in skip}
+    return {"test_halves": {
+        "threat_model": "test-halves",
+        "description": "DATA-POOR, for comparison only: each attacker is trained on one half of the test split's releases "
+                       f"({n_test} faces in all) and scored on the other half; the public-model numbers are the ones that count",
+        "sections": list(method_sections),
+        "reused_from": {"report": str(path), "date": provenance.get("date"), "command": provenance.get("command")},
+    }, **method_sections}
+
+
+def _hook(spec: str):
+    import importlib
+
+    module, function = spec.split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), function)
+
+
 def run_audit(
     model_path: str | Path,
     dataset: str | None = None,
@@ -71,21 +117,35 @@ def run_audit(
     command: str | None = None,
     judges: str | dict = "auto",
     log: Callable[[str], None] = print,
+    threat_model: str = "all",
+    max_train: int | None = None,
+    public_options: dict | None = None,
+    reuse_test_halves: str | Path | None = None,
     **options,
 ) -> Path:
-    """Audit the model at ``model_path`` on ``dataset``'s test split (default: the dataset it was trained on);
-    write report.md, report.json and figures into ``out``; return the path of report.md.
+    """Audit the model at ``model_path`` on ``dataset`` (default: the dataset it was trained on); write report.md,
+    report.json and figures into ``out``; return the path of report.md.
 
+    ``threat_model``: "public-model" (attackers trained on the train split's releases, scored on the test
+    split's: the headline), "test-halves" (the method's sections, whose attackers train on half the test
+    split: data-poor, kept for comparison) or "all". ``max_train`` caps the train faces of public-model
+    (quick looks and tests; the headline says how many it used); ``public_options`` go to ``public.public_model``.
+    ``reuse_test_halves``: an earlier report.json of the same model and test faces whose test-halves sections
+    are carried over instead of recomputed (they are deterministic for a seed; the report says where they came from).
     ``judges``: "auto" (use the installed judges), "off", or a dict of judge objects. ``options`` go to the
-    method's audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``; anonymizer:
-    ``identity_faces``, ``vector_seeds``, ``max_matched_pairs``, ``image_attack``, ``cnn_epochs``, ``cnn_min_steps``;
-    masker: ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``, baseline settings).
+    method's test-halves audit (concealer: ``judge_faces``, ``identity_faces``, ``vector_seeds``, ``cnn_epochs``;
+    anonymizer: ``identity_faces``, ``vector_seeds``, ``max_matched_pairs``, ``image_attack``, ``cnn_epochs``,
+    ``cnn_min_steps``; masker: ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``,
+    baseline settings).
     """
     from .. import __version__
     from ..data import DataError
     from ..train.checkpoint import read_model_info
+    from .context import AuditContext
     from .report import write_report
 
+    if threat_model not in THREAT_MODELS:
+        raise DataError(f"--threat-model must be one of {', '.join(THREAT_MODELS)}, not {threat_model!r}")
     info = read_model_info(model_path)
     method = info.get("method")
     if method not in AUDITS:
@@ -94,14 +154,35 @@ def run_audit(
         dataset = info.get("data", {}).get("dataset")
         if dataset is None:
             raise DataError(f"{model_path} does not say which dataset it was trained on: name one with --dataset")
-    test = load_test_split(info, dataset, None if root is None else str(root), max_images, seed, log)
+    for name, value in (("--max-train", max_train), ("--max-images", max_images)):
+        if value is not None and value < 1:
+            raise DataError(f"{name} must be at least 1, not {value}")
+    release = RELEASE_OPTIONS.get(method)
+    ctx = AuditContext(Path(model_path), info, dataset, Path(out), root=None if root is None else str(root), seed=seed,
+                       judges_spec=judges, max_images=max_images, max_train=max_train, log=log,
+                       release_options=_hook(release) if release else None)
+    test = ctx.split("test")
     started = datetime.now(timezone.utc)
+    wall = time.perf_counter()
+    sections: dict = {}
+    if threat_model in ("public-model", "all"):
+        from .public import headline, public_model, strip_private
 
-    import importlib
-
-    module, function = AUDITS[method].split(":")
-    audit_method = getattr(importlib.import_module(f".{module}", __name__), function)
-    sections = audit_method(model_path, test, out, judges=judges, seed=seed, log=log, **options)
+        section = public_model(ctx, public_options)
+        sections["headline"] = headline(section, test.schema, seed)
+        sections["public_model"] = strip_private(section)
+    if threat_model in ("test-halves", "all") and reuse_test_halves is not None:
+        sections.update(_reused_test_halves(Path(reuse_test_halves), method, len(test), seed))
+    elif threat_model in ("test-halves", "all"):
+        objects = ctx.judges()[0] if ctx._judges is not None and all(v is not None for v in ctx._judges[0].values()) else judges
+        method_sections = _hook(AUDITS[method])(model_path, test, out, judges=objects, seed=seed, log=log, **options)
+        sections["test_halves"] = {
+            "threat_model": "test-halves",
+            "description": "DATA-POOR, for comparison only: each attacker is trained on one half of the test split's releases "
+                           f"({len(test)} faces in all) and scored on the other half; the public-model numbers are the ones that count",
+            "sections": list(method_sections),
+        }
+        sections.update(method_sections)
     sections = {
         "provenance": {
             "model": str(Path(model_path).resolve()),
@@ -114,15 +195,18 @@ def run_audit(
             "split": "test",
             "n_test_faces": len(test),
             "max_images": max_images,
+            "max_train": max_train,
+            "threat_model": threat_model,
             "seed": seed,
             "conceal_version": __version__,
             "date": started.strftime("%Y-%m-%d %H:%M"),
+            "wall_seconds": round(time.perf_counter() - wall, 1),
             "command": command if command is not None else " ".join(sys.argv),
         },
         **sections,
     }
     path = write_report(sections, out)
-    log(f"[audit] wrote {path} and {Path(out) / 'report.json'}")
+    log(f"[audit] wrote {path} and {Path(out) / 'report.json'} ({sections['provenance']['wall_seconds']:.0f} s)")
     return path
 
 
@@ -137,4 +221,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AUDITS", "load_test_split", "run_audit"]
+__all__ = ["AUDITS", "THREAT_MODELS", "load_test_split", "run_audit"]

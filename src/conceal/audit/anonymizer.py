@@ -60,7 +60,7 @@ from .attackers import (
     single_threaded,
     split_halves,
 )
-from .concealer import _judge_name, resolve_judges, sample_rows
+from .common import judge_name as _judge_name, resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim, unrelated_partners
 from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 

@@ -45,6 +45,7 @@ from .attackers import (
     pixel_baseline,
     single_threaded,
 )
+from .common import judge_name as _judge_name, resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim, unrelated_partners
 from .report import num, pyplot, save_figure, table, timed_steps
 
@@ -60,7 +61,6 @@ PAPER_REFERENCE = {
     "avg_age_mae": 13.52,
     "note": "judged by the paper's own age estimator on its own target ages; not directly comparable",
 }
-JUDGE_NAMES = ("age_gender", "face_embedding")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,11 +112,9 @@ def fixed_target(schema: LabelSchema) -> dict[str, Any]:
     return target
 
 
-def sample_rows(n: int, k: int | None, seed: int, purpose: int) -> np.ndarray:
-    """A seeded, sorted sample of at most ``k`` of ``n`` rows; ``purpose`` keeps the samples independent."""
-    if k is None or k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, purpose]).choice(n, size=k, replace=False))
+def release_options(model: Concealer) -> dict:
+    """The audited release of images: every face rendered as one fixed target (``apply(images, as_=...)``)."""
+    return {"as_": fixed_target(model.schema)}
 
 
 def _gender_axis(schema: LabelSchema) -> tuple[int, int] | None:
@@ -127,42 +125,6 @@ def _gender_axis(schema: LabelSchema) -> tuple[int, int] | None:
     if schema["gender"].kind != "binary" or set(classes) != {"female", "male"}:
         return None
     return classes.index("female"), classes.index("male")
-
-
-# --------------------------------------------------------------------------------------------------
-# Judges
-# --------------------------------------------------------------------------------------------------
-
-
-def resolve_judges(judges: str | dict = "auto") -> tuple[dict[str, Any], dict[str, str | None]]:
-    """-> (judge objects or None, reason each is missing or None). ``judges``: "auto" (use what is
-    installed), "off", or a dict of ready judge objects (name -> object or None)."""
-    if isinstance(judges, dict):
-        objects = {name: judges.get(name) for name in JUDGE_NAMES}
-        return objects, {name: None if obj is not None else "not provided" for name, obj in objects.items()}
-    if judges == "off":
-        return dict.fromkeys(JUDGE_NAMES), dict.fromkeys(JUDGE_NAMES, "judges turned off for this audit")
-    if judges != "auto":
-        raise ValueError(f"judges must be 'auto', 'off' or a dict of judge objects, not {judges!r}")
-    try:
-        from . import judges as judge_module
-    except Exception as error:  # a broken optional extra must not stop the attackers
-        return dict.fromkeys(JUDGE_NAMES), dict.fromkeys(JUDGE_NAMES, f"judges module failed to import: {error}")
-    status = dict(judge_module.judges_available())
-    builders = {"age_gender": judge_module.AgeGenderJudge, "face_embedding": judge_module.FaceEmbeddingJudge}
-    objects: dict[str, Any] = {}
-    for name in JUDGE_NAMES:
-        objects[name] = None
-        if status.get(name) is None:
-            try:
-                objects[name] = builders[name]()
-            except judge_module.JudgeUnavailable as error:
-                status[name] = str(error)
-    return objects, {name: status.get(name) for name in JUDGE_NAMES}
-
-
-def _judge_name(judge) -> str:
-    return f"{getattr(judge, 'name', type(judge).__name__)} {judge!r}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from .attackers import (
     audit_images,
     single_threaded,
 )
-from .concealer import _judge_name, resolve_judges, sample_rows
+from .common import judge_name as _judge_name, resolve_judges, sample_rows
 from .metrics import classification_metrics, mean_interval, unrelated_partners
 from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
 

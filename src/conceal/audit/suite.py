@@ -1,0 +1,235 @@
+"""The public-model attackers: many fresh scikit-learn models on feature vectors, each fitted on the train
+split's releases, its hyper-parameters chosen on the validation split, scored on the test split.
+
+Feature vectors are whatever an attacker can compute from a release: the released codes themselves, HOG
+descriptors or the face-embedding judge's embeddings of released images, or the public model's codes of
+released images (re-encoding). ``attack_features`` runs the whole suite on one such input for one label.
+
+Every attacker is seeded; the one whose *validation* score is best is the strongest (choosing on the test
+split would flatter it by the maximum of the suite's noise). Its test predictions are kept, so the
+protocol can put a bootstrap interval over test faces around the headline.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.decomposition import PCA
+from sklearn.dummy import DummyRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, SVR
+
+from ..data.schema import Label
+from .metrics import class_probabilities, classification_metrics, regression_metrics
+
+SVM_MAX_TRAIN = 5000  # RBF kernels cost O(n^2): the SVM fits a seeded subsample (the issue allows <= 10k)
+WIDE = 256  # inputs wider than this reach the HGB and the SVM through PCA to this many dimensions
+MIN_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """A named family of estimators; ``grid`` holds the hyper-parameter settings tried on the val split."""
+
+    name: str
+    build: Callable[..., object]  # build(label, seed, **params) -> unfitted estimator
+    grid: tuple[dict, ...] = ({},)
+    max_train: int | None = None  # fits on a seeded subsample of at most this many rows
+    wide_pca: bool = False  # reduce inputs wider than WIDE by PCA first (fitted on the attacker's train rows)
+
+
+def _scaled(estimator, pca: int | None = None):
+    steps = [StandardScaler()] + ([PCA(pca, random_state=0)] if pca else [])
+    return make_pipeline(*steps, estimator)
+
+
+def _regressor(estimator):
+    """Standardised target for the estimators whose optimisation cares about its scale (age in years)."""
+    return TransformedTargetRegressor(regressor=estimator, transformer=StandardScaler())
+
+
+def _logistic(label, seed, C=1.0, pca=None):
+    if label.kind == "continuous":
+        return _scaled(Ridge(alpha=1.0 / C), pca)
+    return _scaled(LogisticRegression(C=C, max_iter=500, random_state=seed), pca)
+
+
+def _mlp(hidden):
+    def build(label, seed, pca=None):
+        common = dict(hidden_layer_sizes=hidden, alpha=1e-3, early_stopping=True, validation_fraction=0.1, n_iter_no_change=8,
+                      max_iter=150, random_state=seed)
+        if label.kind == "continuous":
+            return _scaled(_regressor(MLPRegressor(**common)), pca)
+        return _scaled(MLPClassifier(**common), pca)
+
+    return build
+
+
+def _hgb(label, seed, pca=None):
+    common = dict(max_iter=300, learning_rate=0.1, early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=seed)
+    estimator = HistGradientBoostingRegressor(**common) if label.kind == "continuous" else HistGradientBoostingClassifier(**common)
+    return _scaled(estimator, pca) if pca else estimator
+
+
+def _svm(label, seed, C=1.0, pca=None):
+    if label.kind == "continuous":
+        return _scaled(_regressor(SVR(C=C, gamma="scale")), pca)
+    return _scaled(SVC(C=C, gamma="scale", random_state=seed), pca)
+
+
+def _knn(label, seed, k=20, pca=None):
+    estimator = (KNeighborsRegressor if label.kind == "continuous" else KNeighborsClassifier)(n_neighbors=k, weights="distance")
+    return _scaled(estimator, pca)
+
+
+# The suite, cheapest first. Grids are small: each setting is a fit on the whole train split.
+ATTACKERS = (
+    Attacker("logistic", _logistic, ({"C": 0.1}, {"C": 1.0}, {"C": 10.0})),
+    Attacker("mlp-256", _mlp((256,))),
+    Attacker("mlp-512-256", _mlp((512, 256))),
+    Attacker("hgb", _hgb, wide_pca=True),
+    Attacker("svm-rbf", _svm, ({"C": 1.0}, {"C": 10.0}), max_train=SVM_MAX_TRAIN, wide_pca=True),
+    Attacker("knn", _knn, ({"k": 5}, {"k": 20}, {"k": 50}), wide_pca=True),
+)
+LIGHT = ("logistic", "mlp-256", "hgb", "knn")  # for secondary inputs (re-encoded codes), to keep audits short
+# HOG descriptors are ~1.8k-d at 64 px: a linear attacker on their first WIDE principal components, two settings.
+HOG_LINEAR = Attacker("linear", _logistic, ({"C": 0.1}, {"C": 1.0}), wide_pca=True)
+
+
+def primary_metric(label: Label) -> tuple[str, bool]:
+    """(metric, higher means more leakage): gender-like binaries balanced accuracy, categories macro-AUC, age MAE."""
+    if label.kind == "continuous":
+        return "mae", False
+    if label.kind == "categorical":
+        return "auc", True
+    return "balanced_accuracy", True
+
+
+def chance_score(label: Label, y_train: np.ndarray, y_test: np.ndarray) -> float:
+    """What an attacker that ignores its input scores: 1/K balanced accuracy, AUC 0.5, or the MAE of the train mean."""
+    metric, _ = primary_metric(label)
+    if metric == "mae":
+        return float(np.mean(np.abs(y_test - np.mean(y_train))))
+    if metric == "auc":
+        return 0.5
+    return 1.0 / len(np.unique(y_test))
+
+
+def predict_scores(estimator, X: np.ndarray, label: Label) -> np.ndarray:
+    """Regression: (N,) predictions. Classes: (N, n_classes) scores whose argmax is the prediction and whose
+    columns rank faces for a one-vs-rest AUC (probabilities, or the SVM's decision function)."""
+    if label.kind == "continuous":
+        return np.asarray(estimator.predict(X), np.float64)
+    classes = estimator.classes_.astype(int)
+    if hasattr(estimator, "predict_proba"):
+        return class_probabilities(estimator.predict_proba(X), classes, label.n_classes)
+    decision = np.asarray(estimator.decision_function(X), np.float64)
+    if decision.ndim == 1:  # binary: one margin for class classes[1]
+        decision = np.stack([-decision, decision], axis=1)
+    full = np.full((len(X), label.n_classes), -np.inf)
+    full[:, classes] = decision
+    return full
+
+
+def score(y: np.ndarray, predicted: np.ndarray, label: Label) -> dict[str, float]:
+    if label.kind == "continuous":
+        return regression_metrics(y, predicted)
+    finite = np.where(np.isfinite(predicted), predicted, -1e30)  # classes never seen in training rank last
+    return classification_metrics(y.astype(int), finite, label)
+
+
+def _subsample(n: int, cap: int | None, seed: int) -> np.ndarray:
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 11]).choice(n, size=cap, replace=False))
+
+
+def _better(a: float, b: float, higher: bool) -> bool:
+    return (a > b) if higher else (a < b)
+
+
+def attack_features(
+    X: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    label: Label,
+    seed: int = 0,
+    attackers: tuple[str | Attacker, ...] | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """The suite on one input for one label. ``X``/``y``: split name ("train", "val", "test") -> (N, d) features
+    and (N,) stored labels (NaN = unknown: left out). Returns {"attackers": {name: {params, val, test,
+    seconds, n_train}}, "strongest", "metric", "chance", "n_train", "n_val", "n_test", "_test_predictions",
+    "_y_test"} or {"skipped": reason}. Keys starting with "_" are for the protocol, never written."""
+    metric, higher = primary_metric(label)
+    data = {}
+    for split in ("train", "val", "test"):
+        values = np.asarray(y[split], np.float64)
+        known = ~np.isnan(values)
+        data[split] = (np.asarray(X[split], np.float32)[known], values[known])
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
+    if min(len(y_train), len(y_val), len(y_test)) < MIN_ROWS or (label.kind != "continuous" and len(np.unique(y_train)) < 2):
+        return {"skipped": f"too few known rows ({len(y_train)} train / {len(y_val)} val / {len(y_test)} test) or one class only"}
+    result = {"metric": metric, "higher_is_more_leakage": higher, "chance": chance_score(label, y_train, y_test),
+              "n_train": len(y_train), "n_val": len(y_val), "n_test": len(y_test), "dim": int(x_train.shape[1]), "attackers": {}}
+    predictions = {}
+    chosen = list(ATTACKERS) if attackers is None else [a if isinstance(a, Attacker) else next(b for b in ATTACKERS if b.name == a)
+                                                        for a in attackers]
+    for attacker in chosen:
+        start = time.perf_counter()
+        rows = _subsample(len(y_train), attacker.max_train, seed)
+        if label.kind != "continuous" and len(np.unique(y_train[rows])) < 2:
+            continue
+        pca = WIDE if attacker.wide_pca and x_train.shape[1] > WIDE and len(rows) > WIDE else None
+        best = None
+        for params in attacker.grid:
+            estimator = attacker.build(label, seed, pca=pca, **params)
+            with warnings.catch_warnings():  # an MLP stopped by its iteration cap is still a fair attacker
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                estimator.fit(x_train[rows], y_train[rows] if label.kind == "continuous" else y_train[rows].astype(int))
+            val = score(y_val, predict_scores(estimator, x_val, label), label)
+            if best is None or _better(val[metric], best[1][metric], higher):
+                best = (params, val, estimator)
+        params, val, estimator = best
+        predicted = predict_scores(estimator, x_test, label)
+        predictions[attacker.name] = predicted
+        result["attackers"][attacker.name] = {
+            "params": dict(params, **({"pca": pca} if pca else {})), "n_train": int(len(rows)),
+            "val": val, "test": score(y_test, predicted, label), "seconds": round(time.perf_counter() - start, 1),
+        }
+        log(f"[audit]     {attacker.name}: val {metric} {val[metric]:.3f}, test {result['attackers'][attacker.name]['test'][metric]:.3f} "
+            f"({time.perf_counter() - start:.0f} s)")
+    if not result["attackers"]:
+        return {"skipped": "no attacker could be fitted"}
+    return finish(result, predictions, y_test, higher, metric)
+
+
+def finish(result: dict, predictions: dict[str, np.ndarray], y_test: np.ndarray, higher: bool, metric: str) -> dict:
+    """Name the strongest attacker (best validation score; ties and attackers without one: best test score)."""
+    def key(name):
+        entry = result["attackers"][name]
+        val = (entry.get("val") or {}).get(metric)
+        v = val if val is not None and np.isfinite(val) else entry["test"][metric]
+        return v if higher else -v
+
+    strongest = max(result["attackers"], key=key)
+    result["strongest"] = strongest
+    result["_test_predictions"] = predictions[strongest]
+    result["_y_test"] = y_test
+    return result
+
+
+def mean_guess(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+    """The input-blind regression baseline on the test faces (for tables)."""
+    estimator = DummyRegressor().fit(np.zeros((len(y_train), 1)), y_train)
+    return regression_metrics(y_test, estimator.predict(np.zeros((len(y_test), 1))))

@@ -1,0 +1,121 @@
+"""The public-model threat model: planted leaks are found by the strongest attacker and missed by linear ones,
+noise stays at chance with an interval that says so, LFW splits never share a person, and every registered
+method's audit carries the headline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conceal.audit.public import bootstrap_interval, merge
+from conceal.audit.suite import attack_features
+from conceal.data.schema import GENDER
+
+from conftest import SHARED
+
+
+def _splits(n: dict, dim: int, seed: int, leak):
+    """Synthetic codes per split and a gender that ``leak(X)`` (or nothing, when None) determines."""
+    rng = np.random.default_rng(seed)
+    X, y = {}, {}
+    for split, rows in n.items():
+        X[split] = rng.normal(size=(rows, dim)).astype(np.float32)
+        y[split] = (leak(X[split]) if leak else rng.integers(0, 2, rows)).astype(np.float64)
+    return X, y
+
+
+SIZES = {"train": 1500, "val": 300, "test": 500}
+
+
+@pytest.mark.parametrize("leak", [
+    lambda X: X[:, 0] * X[:, 1] > 0,  # the sign of a product: no linear direction carries it
+    lambda X: np.linalg.norm(X[:, :4], axis=1) > np.sqrt(4 - 2 / 3),  # the norm of a sub-code (median split)
+], ids=["sign-of-product", "norm"])
+def test_a_non_linear_leak_is_missed_by_linear_attackers_and_found_by_the_headline(leak):
+    X, y = _splits(SIZES, 8, 0, leak)
+    result = merge({"codes": attack_features(X, y, GENDER, seed=0)})
+    linear = result["attackers"]["codes:logistic"]["test"]["balanced_accuracy"]
+    strongest = result["attackers"][result["strongest"]]["test"]["balanced_accuracy"]
+    assert linear < 0.62, linear
+    assert strongest >= 0.9, result["strongest"]
+    lo, hi = bootstrap_interval(result["_y_test"], result["_test_predictions"], GENDER, seed=0, resamples=200)
+    assert lo <= strongest <= hi and hi - lo < 0.1
+
+
+def test_independent_noise_stays_at_chance_with_an_interval_containing_it():
+    X, y = _splits(SIZES, 8, 1, None)
+    result = merge({"codes": attack_features(X, y, GENDER, seed=0)})
+    score = result["attackers"][result["strongest"]]["test"]["balanced_accuracy"]
+    lo, hi = bootstrap_interval(result["_y_test"], result["_test_predictions"], GENDER, seed=0, resamples=200)
+    assert score <= 0.55 and lo <= 0.5 <= hi, (result["strongest"], score, lo, hi)
+
+
+def test_the_strongest_attacker_is_chosen_on_validation_not_test():
+    X, y = _splits(SIZES, 8, 0, lambda X: X[:, 0] * X[:, 1] > 0)
+    result = attack_features(X, y, GENDER, seed=0)
+    val = {name: entry["val"]["balanced_accuracy"] for name, entry in result["attackers"].items()}
+    assert result["strongest"] == max(val, key=val.get)
+
+
+@pytest.mark.skipif(not (SHARED / "lfw").is_dir(), reason="needs ../shared/datasets/lfw")
+def test_lfw_splits_never_put_a_person_on_two_sides():
+    from conceal.data import open_dataset
+
+    lfw = open_dataset("lfw", SHARED / "lfw")
+    people = {}
+    for record in lfw.records:
+        people.setdefault(record.identity, set()).add(record.split)
+    assert all(len(splits) == 1 for splits in people.values())
+    assert {s for splits in people.values() for s in splits} == {"train", "val", "test"}
+
+
+@pytest.fixture(scope="module")
+def registered_models(tmp_path_factory):
+    """method name -> an untrained tiny model of every registered method, saved as trained on 600 synthetic faces."""
+    from test_methods import tiny_method
+
+    from conceal.config import RunConfig
+    from conceal.data.synthetic import SyntheticFaces
+    from conceal.methods import METHODS
+    from conceal.train.checkpoint import write_model_files
+
+    schema = SyntheticFaces(n=10, seed=1, size=32).arrays().schema
+    root = tmp_path_factory.mktemp("registered")
+    out = {}
+    for name in METHODS:
+        torch.manual_seed(0)
+        method = tiny_method(name, schema).eval()
+        cfg = RunConfig(method=name, model=method.cfg)
+        cfg.data.size, cfg.data.synthetic_n, cfg.data.synthetic_seed = 32, 600, 1
+        (root / name).mkdir()
+        write_model_files(root / name, method, cfg)
+        out[name] = root / name
+    return out
+
+
+FAST = {"cnn_epochs": 1, "cnn_min_steps": 10, "learning_curve": False, "embed_train": 40, "embed_val": 20, "embed_test": 20}
+
+
+@pytest.mark.parametrize("name", ["concealer", "masker", "anonymizer"])
+def test_every_registered_method_gets_a_headline(name, registered_models, tmp_path):
+    from conceal.audit import run_audit
+    from conceal.methods import METHODS
+
+    assert set(METHODS) == {"concealer", "masker", "anonymizer"}  # a new method must join the parametrization
+    run_audit(registered_models[name], dataset="synthetic", out=tmp_path, judges="off", threat_model="public-model",
+              command="test", log=lambda _: None, public_options=FAST)
+    report = json.loads((tmp_path / "report.json").read_text())
+    kinds = set(METHODS[name].releases)
+    assert set(report["headline"]) == kinds
+    for kind, by_attribute in report["headline"].items():
+        assert set(by_attribute) == {"gender", "race", "age"}
+        for h in by_attribute.values():
+            assert {"metric", "score", "ci95", "chance", "attacker", "threat_model", "n_train", "n_test"} <= set(h)
+            assert h["threat_model"] == "public-model" and h["n_train"] > h["n_test"] > 0
+            lo, hi = h["ci95"]
+            assert lo <= h["score"] <= hi
+    assert (tmp_path / "report.md").read_text().startswith("# conceal audit\n\n## Headline")
+    assert "test_halves" not in report and "code_leakage" not in report
