@@ -1,0 +1,23 @@
+"""Every audited model's public-model headline side by side (attackers trained on the train split's releases).
+
+Usage: python benchmarks/public_model_headlines.py models/*/audit/report.json [-o benchmarks/public_model_headlines]
+
+Writes OUT.md: per model, release kind and attribute, the strongest attacker's test score with its bootstrap
+95% interval, chance, the attacker, its train/test faces, and the same attribute's data-poor test-halves number.
+"""
+from __future__ import annotations
+
+from conceal.audit.compare import headline_table
+from sweep import compare_arguments, invocation  # benchmarks/sweep.py: this script's folder is on sys.path
+
+
+def main(argv=None) -> None:
+    args = compare_arguments(__doc__.splitlines()[0], "benchmarks/public_model_headlines", argv)
+    text = ["# Public-model headlines", "", __doc__.split("\n\n")[2].replace("\n", " "), "", headline_table(args.reports).rstrip(), "",
+            f"Produced by `{invocation(__file__, argv)}`.", ""]
+    args.out.with_suffix(".md").write_text("\n".join(text))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
