@@ -488,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--threat-model", choices=("public-model", "test-halves", "all"), default="all",
                     help="public-model: attackers trained on the train split's releases (the headline); test-halves: on half "
                          "the test split (data-poor, for comparison); all (default)")
-    au.add_argument("--max-train", type=int, default=None, help="public-model: a seeded sample of the train split (quick looks)")
+    au.add_argument("--max-train", type=int, default=None, help="public-model: a seeded sample of the train split (quick looks; default: all of it)")
     au.add_argument("--reuse-test-halves", metavar="REPORT_JSON", default=None,
-                    help="carry the test-halves sections over from an earlier report.json of the same model, test faces and seed")
+                    help="carry the test-halves sections over from an earlier report.json of the same model, test faces and seed (default: recompute them)")
     au.add_argument("--seed", type=int, default=0, help="seed of the sample, the attackers and their splits")
     au.set_defaults(func=cmd_audit)
 
