@@ -53,11 +53,12 @@ def pick_photos(n: int) -> list[Path]:
 
 def start_server(model: str, port: int, workers: int, queue: int, env: dict) -> subprocess.Popen:
     command = [sys.executable, "-m", "conceal.cli", "serve", model, "--port", str(port), "--workers", str(workers), "--queue", str(queue)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix="conceal-serve-", suffix=".log", delete=False)  # a pipe would fill and block it
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"conceal serve exited: {process.stderr.read()}")
+            raise SystemExit(f"conceal serve exited: {Path(log.name).read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return process
