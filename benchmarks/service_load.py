@@ -7,7 +7,7 @@ Starts `conceal serve MODEL` on 127.0.0.1 (a free port; nothing else is ever con
 count posts the photos round-robin for --duration seconds (at most --max-requests per level), every client on
 its own connection, honouring Retry-After on a 503. Reports requests/s, p50/p95/p99 latency of the answered
 requests, and every status that is not 200. Then times `conceal apply` on the same photos twice (N and 4N
-inputs), so its per-photo rate excludes start-up: rate = 3N / (t(4N) - t(N)). Server and CLI run with the
+inputs; --apply-factor K), so its per-photo rate excludes start-up: rate = (K - 1) N / (t(KN) - t(N)). Server and CLI run with the
 same thread settings (--threads, default 1: the machine is shared).
 """
 
@@ -38,10 +38,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pick_photos(n: int) -> list[Path]:
+def pick_photos(n: int, folder: Path) -> list[Path]:
     """The first n LFW photos (250x250, one person each), read in place; else generated copies of the astronaut."""
-    if LFW.is_dir():
-        return sorted(LFW.glob("*/*.jpg"))[:n]
+    if folder.is_dir():
+        return sorted(folder.glob("*/*.jpg"))[:n]
     from PIL import Image
     from skimage import data
 
@@ -128,6 +128,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per client count")
     p.add_argument("--max-requests", type=int, default=5000, help="at most this many requests per client count")
     p.add_argument("--photos", type=int, default=64)
+    p.add_argument("--photo-dir", type=Path, default=LFW, help="LFW's image folder (default: ../shared/datasets/lfw/lfw)")
+    p.add_argument("--apply-factor", type=int, default=8, help="conceal apply runs on N and on K*N photos")
+    p.add_argument("--no-apply", action="store_true", help="skip the conceal apply comparison")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--queue", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="OMP/torch threads of the server and of conceal apply")
@@ -136,7 +139,7 @@ def main() -> None:
     args = p.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO / "src")}
-    all_files = pick_photos(4 * args.photos)  # conceal apply reads each file once: 4N distinct photos of one kind
+    all_files = pick_photos(args.apply_factor * args.photos, args.photo_dir)  # apply reads each file once: KN distinct photos
     files = all_files[: args.photos]
     photos = [f.read_bytes() for f in files]
     load_before = os.getloadavg()
@@ -150,8 +153,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-    t1 = time_apply(args.model, files, env)
-    t4 = time_apply(args.model, all_files, env)
+    t1, t4 = (float("nan"), float("nan")) if args.no_apply else (time_apply(args.model, files, env), time_apply(args.model, all_files, env))
     load_after = os.getloadavg()
     report = format_report(args, files, all_files, levels, t1, t4, load_before, load_after)
     Path(args.out).write_text(report)
@@ -161,7 +163,7 @@ def main() -> None:
 def format_report(args, files, all_files, levels, t1, t4, load_before, load_after) -> str:
     apply_rate = (len(all_files) - len(files)) / (t4 - t1) if t4 > t1 else float("nan")
     best = max(levels, key=lambda level: level["rps"])
-    source = "LFW photos (250x250 JPEG, ../shared, read in place)" if LFW.is_dir() else "generated 250x250 astronaut JPEGs"
+    source = f"LFW photos (250x250 JPEG, read in place from {args.photo_dir})" if args.photo_dir.is_dir() else "generated 250x250 astronaut JPEGs"
     command = " ".join(["python benchmarks/service_load.py", *sys.argv[1:]])
     lines = [
         "# `conceal serve` under load (loopback)",
@@ -185,6 +187,10 @@ def format_report(args, files, all_files, levels, t1, t4, load_before, load_afte
         "",
         f"Errors other than 503: {errors}. A 503 (busy, with Retry-After) is the designed answer once {args.workers} photo(s) "
         f"are being concealed and {args.queue} more wait; clients here honour Retry-After.",
+    ]
+    if args.no_apply:
+        return "\n".join(lines) + "\n"
+    lines += [
         "",
         f"`conceal apply` on the same kind of photos: {len(files)} photos in {t1:.1f} s, {len(all_files)} in {t4:.1f} s (wall, "
         f"with start-up and model loading), so {apply_rate:.2f} photos/s once running.",

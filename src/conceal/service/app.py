@@ -251,4 +251,4 @@ def _conceal_upload(model: ServedModel, data: bytes, options: dict, detect: bool
         released, faces = conceal_photo(model.api, image, as_=options.get("as_"), detect=detect)
     except DetectorUnavailable as error:  # the photos extra is missing on the server: its fix, in one line
         raise ApiError(503, str(error)) from None
-    return encode_image(released), faces, image.shape[:2]
+    return encode_image(released, compress_level=1), faces, image.shape[:2]  # level 1: ~3x faster than 6, ~12% larger
