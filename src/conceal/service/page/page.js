@@ -53,7 +53,7 @@ function attributeControl(attr) {
 
 function showModel() {
   const model = models.find((m) => m.name === $("model").value);
-  $("model-hint").textContent = HINTS[model.method] || "";
+  $("model-hint").textContent = `${model.method}: ${HINTS[model.method] || ""}`;
   const controls = $("attribute-controls");
   controls.replaceChildren(...model.attributes.map(attributeControl));
   $("attributes").hidden = model.attributes.length === 0;
@@ -135,7 +135,7 @@ async function start() {
   } catch (error) {
     return status("Could not list the server's models.", true);
   }
-  $("model").replaceChildren(...models.map((m) => option(m.name, `${m.name} (${m.method})`)));
+  $("model").replaceChildren(...models.map((m) => option(m.name, m.name)));  // the hint below names the method
   $("model").addEventListener("change", showModel);
   showModel();
   $("photo").addEventListener("change", () => choosePhoto($("photo").files[0]));
