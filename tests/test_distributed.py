@@ -105,7 +105,7 @@ def test_torchrun_trains_through_python_m_conceal(tmp_path):
            "--set", "data.synthetic_n=200", "--set", "model.pretrain_steps=2", "--set", "train.threads=1", "-o", str(run), "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("epoch 1/1") == 1  # rank 0 logs, the other rank is silent
+    assert done.stdout.count("epoch 1/1") == 1 and done.stdout.count("run directory") == 1  # rank 0 logs, the other is silent
     from conceal.train.checkpoint import load_model
 
     method = load_model(run)

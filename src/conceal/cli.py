@@ -87,7 +87,8 @@ def cmd_train(args) -> int:
         cfg.train.progress = False
     state = train(cfg, args.out, resume=args.resume, init_from=args.init_from, force=args.force)
     written = [name for name in ("checkpoint/", "config.toml", "loss_curves.png") if (Path(args.out) / name).exists()]
-    print(f"run directory: {args.out} ({', '.join(written)})")
+    if state.get("rank", 0) == 0:  # under torchrun, rank 0 speaks for all
+        print(f"run directory: {args.out} ({', '.join(written)})")
     return 130 if state.get("stopped") == "interrupted" else 0
 
 

@@ -249,6 +249,6 @@ def fit(
                 + f"  | {world.size * tc.batch_size * (n_batches - first) / max(step_time, 1e-9):.0f} img/s, data wait {100 * data_time / max(step_time, 1e-9):.1f}%"
             )
     state["stopped"] = stopped
-    state["world_size"] = world.size  # returned only: the processes this call trained with
+    state["world_size"], state["rank"] = world.size, world.rank  # returned only: the processes this call trained with
     state["timing"] = timing  # returned only, never checkpointed: it describes this call, not the run
     return state
