@@ -344,7 +344,7 @@ METRIC_TITLES = {"balanced_accuracy": "balanced acc", "auc": "macro-AUC", "mae":
 def _headline(headline: dict) -> list[str]:
     """The table report.md opens with: one number per release kind and attribute, public-model threat model."""
     lines = ["# conceal audit", "", "## Headline: what the strongest public-model attacker reads", "",
-             "Attackers trained on the releases of the whole train split (the model is public, labelled face sets are), "
+             "Attackers trained on the releases of the train split (the model is public, labelled face sets are; a seeded sample of it where the train faces column says so), "
              "hyper-parameters and the strongest attacker chosen on the validation split, scored on the test split's "
              "releases; 95% bootstrap interval over test faces. Balanced accuracy and AUC: higher = more leakage; "
              "MAE: lower = more leakage, chance = always guessing the train mean; re-id: chance = 1 / people.", ""]
