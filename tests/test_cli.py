@@ -60,11 +60,11 @@ def test_missing_root_is_one_line_error(tmp_path, capsys):
 def test_apply_writes_clean_outputs_and_counts_skips(tiny_model_dir, photo_folder, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in photo_folder.iterdir()}
     out = tmp_path / "out"
-    rc = main(["apply", str(tiny_model_dir), str(photo_folder), "--as", "gender=female,age=40", "-o", str(out), "--quiet"])
+    rc = main(["apply", str(tiny_model_dir), str(photo_folder), "--as", "gender=female,age=40", "-o", str(out), "--quiet", "--no-detect"])
     summary = capsys.readouterr().out.strip()
     assert rc == 0
     assert "wrote 4 images" in summary and "2 skipped" in summary
-    outputs = sorted(out.iterdir())
+    outputs = sorted(out.glob("*.png"))
     assert [p.name for p in outputs] == [f"face{i}.png" for i in range(4)]
     for p in outputs:
         with Image.open(p) as img:
@@ -75,7 +75,7 @@ def test_apply_writes_clean_outputs_and_counts_skips(tiny_model_dir, photo_folde
 
 def test_apply_upscale_returns_the_input_crop_size(tiny_model_dir, photo_folder, tmp_path):
     out = tmp_path / "up"
-    assert main(["apply", str(tiny_model_dir), str(photo_folder / "face0.jpg"), "-o", str(out), "--upscale", "--quiet"]) == 0
+    assert main(["apply", str(tiny_model_dir), str(photo_folder / "face0.jpg"), "-o", str(out), "--upscale", "--quiet", "--no-detect"]) == 0
     with Image.open(out / "face0.png") as img:
         assert img.size == (80, 80)
 
@@ -151,7 +151,7 @@ def test_apply_and_encode_fold_batch_norm_and_erase_does_not(tiny_model_dir, pho
         return load_api(path, *args, **kwargs)
 
     monkeypatch.setattr(conceal.methods, "load_api", spy)
-    assert main(["apply", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["apply", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "a"), "--quiet", "--no-detect"]) == 0
     assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "c.npz")]) == 0
     assert main(["erase", str(tiny_model_dir), "-o", str(tmp_path / "erased")]) == 0
     assert calls == [True, True, False]

@@ -173,9 +173,9 @@ def test_cli_apply_save_mask(masker_run, synthetic_small, tmp_path, capsys):
     inputs.mkdir()
     for i in range(3):
         Image.fromarray(synthetic_small.images[i]).save(inputs / f"face{i}.png")
-    assert main(["apply", str(masker_run), str(inputs), "-o", str(tmp_path / "out"), "--save-mask", "--quiet"]) == 0
+    assert main(["apply", str(masker_run), str(inputs), "-o", str(tmp_path / "out"), "--save-mask", "--quiet", "--no-detect"]) == 0
     assert "wrote 3 images" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([f"face{i}.png" for i in range(3)] + [f"face{i}_mask.png" for i in range(3)])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([f"face{i}.png" for i in range(3)] + [f"face{i}_mask.png" for i in range(3)] + ["manifest.jsonl"])
     assert main(["apply", str(masker_run), str(inputs), "-o", str(tmp_path / "o2"), "--as", "gender=female"]) == 2
     assert "--as is not an option of a masker model" in capsys.readouterr().err
 

@@ -117,8 +117,8 @@ def test_readme_commands_run(argv, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_the_python_example_runs(tmp_path):
-    (text,) = [t for _, t in blocks("python")]
+@pytest.mark.parametrize("first, text", blocks("python"), ids=lambda v: f"line {v}" if isinstance(v, int) else "")
+def test_the_python_examples_run(first, text):
     prelude = "import numpy as np\nimages = np.zeros((2, 64, 64, 3), np.uint8)\n"
     done = subprocess.run([sys.executable, "-c", prelude + text], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -395,7 +395,7 @@ def time_apply(model_dir: Path, photos: Path, out: Path) -> float:
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        rc = main(["apply", str(model_dir), str(photos), "-o", str(out), "--quiet"])
+        rc = main(["apply", str(model_dir), str(photos), "-o", str(out), "--quiet", "--no-detect"])
     if rc != 0:
         raise RuntimeError(f"conceal apply failed (exit {rc}): {printed.getvalue().strip()}")
     return time.perf_counter() - t0
@@ -452,7 +452,7 @@ _RSS_PROBE = (
 
 def peak_rss_mib(model_dir: Path, photos: Path, out: Path) -> float:
     """Peak RSS (MiB) of `python -m conceal.cli apply MODEL PHOTOS -o OUT` in a subprocess."""
-    command = [sys.executable, "-m", "conceal.cli", "apply", str(model_dir), str(photos), "-o", str(out), "--quiet"]
+    command = [sys.executable, "-m", "conceal.cli", "apply", str(model_dir), str(photos), "-o", str(out), "--quiet", "--no-detect"]
     done = subprocess.run([sys.executable, "-c", _RSS_PROBE, *command], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"conceal apply failed in the RSS run: {done.stderr.strip().splitlines()[-1:]}")

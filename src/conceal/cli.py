@@ -22,7 +22,7 @@ import tomli_w
 from . import __version__
 from .config import ConfigError, DataConfig, TrainConfig, build_run_config
 from .data import DATASETS, DataError, LabelError, open_dataset
-from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image, write_image
+from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image
 from .errors import CheckpointError, ExportError
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointError, ExportError)
@@ -157,18 +157,6 @@ def _skip_summary(skipped: dict[str, str]) -> str:
     return f", {len(skipped)} skipped (" + "; ".join(f"{n} {r}" for r, n in reasons.items()) + ")"
 
 
-def _output_names(files: list[Path]) -> dict[Path, str]:
-    """Output file name per input: the stem, made unique when two inputs share one."""
-    names, used = {}, set()
-    for f in files:
-        name, i = f"{f.stem}.png", 1
-        while name in used:
-            name, i = f"{f.stem}-{i}.png", i + 1
-        used.add(name)
-        names[f] = name
-    return names
-
-
 def _model_crop(model_path, crop: float | None) -> float:
     """--crop, else the centre crop the model was trained with (its data config, else its dataset's default)."""
     from .data import default_crop
@@ -181,46 +169,17 @@ def _model_crop(model_path, crop: float | None) -> float:
 
 
 def cmd_apply(args) -> int:
-    from tqdm import tqdm
-
+    from .apply import ApplyOptions, run_apply
     from .methods import load_api
 
     # Inference only (never trained or saved here), on the method's fastest backend (onnxruntime where installed and faster).
     model = load_api(args.model, fold_batch_norm=True, backend="auto")
-    options = {"as_": _parse_attributes(args.as_)} if args.as_ is not None else {}
-    try:
-        model.check_options(**options)  # bad attributes fail before any file is touched
-    except TypeError:
-        raise ConfigError(f"--as is not an option of a {model.method.name} model") from None
-    if args.save_mask and not hasattr(model, "masks"):
-        raise ConfigError(f"--save-mask needs a model that releases a mask, not a {model.method.name} model")
-    files, skipped = iter_image_files(args.inputs)
-    if not files:
-        raise DataError("no image files among the inputs" + _skip_summary(skipped))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names, written = _output_names(files), 0
-    with tqdm(total=len(files), unit="img", disable=args.quiet or not sys.stderr.isatty()) as bar:
-        crop = _model_crop(args.model, args.crop)
-        for paths, shapes, images in _iter_batches(files, model.image_size, crop, skipped):
-            released = model.apply(images, **options)
-            masks = model.masks(images) if args.save_mask else [None] * len(paths)  # (B, H, W) uint8
-            for path, (h, w), img, mask in zip(paths, shapes, released, masks):
-                outputs = {names[path]: img}
-                if mask is not None:
-                    outputs[f"{Path(names[path]).stem}_mask.png"] = np.repeat(mask[..., None], 3, axis=2)
-                for name, img in outputs.items():
-                    if args.upscale:
-                        from PIL import Image
-
-                        side = max(1, round(min(h, w) * crop))  # the centre crop the model saw, at the input's resolution
-                        img = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC))
-                    write_image(out / name, img, protect=files)
-                written += 1
-            bar.update(len(paths))
-    if not written:
-        raise DataError("no readable images among the inputs" + _skip_summary(skipped))
-    print(f"wrote {written} images to {out}{_skip_summary(skipped)}")
+    options = ApplyOptions(as_=_parse_attributes(args.as_) if args.as_ is not None else None, detect=not args.no_detect,
+                           min_face=args.min_face, max_faces=args.max_faces, on_no_face=args.on_no_face,
+                           side_by_side=args.side_by_side, save_mask=args.save_mask, crop=args.crop, upscale=args.upscale)
+    summary = run_apply(model, args.inputs, Path(args.out), options, names=args.names, overwrite=args.overwrite,
+                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    print(summary.line(options.on_no_face))
     return 0
 
 
@@ -457,18 +416,32 @@ def build_parser() -> argparse.ArgumentParser:
                  "e.g. 1.0 for UTKFace's aligned faces, 0.5 for LFW's photos)")
     ap = sub.add_parser(
         "apply",
-        help="re-render faces with chosen attributes",
-        description="Each image is centre-cropped to a square and resized to the model's size (no face detector: "
-        "give roughly centred faces). Outputs are PNGs at the model's size (--upscale: the crop's size), with no "
-        "metadata (no EXIF, no GPS). Inputs are never overwritten.",
+        help="conceal every face in photos (or re-render face crops with --no-detect)",
+        description="Finds every face in each photo, aligns it to the model's training crop, conceals it and pastes it "
+        "back: outputs are PNGs at the photo's size and orientation, bit-identical outside the faces, with no metadata "
+        "(no EXIF, no GPS). Outputs mirror the input folders under -o, with OUT/manifest.jsonl listing every input, its "
+        "output, status and faces. Inputs and existing files are never overwritten (--overwrite to replace outputs).",
     )
     ap.add_argument("model", help="a model directory (models/NAME) or a run directory")
-    ap.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    ap.add_argument("-o", "--out", required=True, help="output folder")
-    ap.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 (default: none, every attribute unspecified)")
-    ap.add_argument("--upscale", action="store_true", help="resize outputs to the input crop's size")
+    ap.add_argument("inputs", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    ap.add_argument("-o", "--out", required=True, help="output folder (not inside an input folder)")
+    ap.add_argument("--as", dest="as_", metavar="ATTRS", help="concealer: e.g. gender=female,age=40 (default: none, every attribute unspecified)")
+    ap.add_argument("--no-detect", action="store_true", help="the inputs are face crops: centre-crop each to the model's "
+                    "size, as the model was trained (outputs at the model's size)")
+    ap.add_argument("--min-face", type=float, default=24, metavar="PX", help="ignore faces smaller than this (default: 24 px)")
+    ap.add_argument("--max-faces", type=int, default=None, metavar="N", help="conceal at most the N largest faces per photo (default: all)")
+    ap.add_argument("--on-no-face", choices=("copy", "skip"), default="copy",
+                    help="a photo where no face was found: copy it unchanged, or write nothing (default: copy; "
+                    "either way it is counted and named in the summary)")
+    ap.add_argument("--side-by-side", action="store_true", help="also write NAME_before_after.png, the input beside its output")
+    ap.add_argument("--names", choices=("keep", "index"), default="keep",
+                    help="output names: keep the inputs' relative paths, or index 000001.png ... (the mapping only in "
+                    "the manifest; use it when names carry labels) (default: keep)")
+    ap.add_argument("--overwrite", action="store_true", help="replace outputs (and a manifest) that already exist in -o")
+    ap.add_argument("--resume", action="store_true", help="continue a run into the same -o: skip inputs its manifest lists")
+    ap.add_argument("--upscale", action="store_true", help="--no-detect: resize outputs to the input crop's size")
     ap.add_argument("--save-mask", action="store_true", help="masker: also write each released mask as NAME_mask.png")
-    ap.add_argument("--crop", type=_crop_fraction, default=None, help=crop_help)
+    ap.add_argument("--crop", type=_crop_fraction, default=None, help="--no-detect: " + crop_help)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=cmd_apply)
 

@@ -28,6 +28,35 @@ def release(model, crops: np.ndarray, as_: dict[str, Any] | None = None) -> np.n
     return model.apply(crops, **options)
 
 
+def replace_faces(model, image: np.ndarray, faces: list[dict], as_: dict[str, Any] | None = None,
+                  with_mask: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Align each face of ``faces`` (detected in ``image``) to the model's training crop, run the model on
+    this photo's faces together, and paste the releases back. Returns (the photo, and with ``with_mask`` the
+    masker's released masks pasted the same way on black, else None).
+
+    The model sees exactly this photo's faces in one call, so the result does not depend on which other
+    photos are processed alongside (batch composition changes a few pixels by 1 level on CPU).
+    """
+    if not faces:
+        return image.copy(), (np.zeros_like(image) if with_mask else None)
+    geometry = geometry_of(model)
+    crops, matrices = zip(*(align_face(image, f["landmarks"], geometry) for f in faces))
+    crops, matrices = np.stack(crops), list(matrices)
+    weights = [face_mask(geometry)] * len(faces)
+    out = paste_faces(image, list(release(model, crops, as_)), matrices, weights)
+    if not with_mask:
+        return out, None
+    grey = [np.repeat(m[..., None], 3, axis=2) for m in model.masks(crops)]  # (S, S) uint8 -> (S, S, 3)
+    return out, paste_faces(np.zeros_like(image), grey, matrices, weights)
+
+
+def centre_face(height: int, width: int, crop: float) -> dict:
+    """The --no-detect "face": the centre square of side ``crop`` x the shorter side (no landmarks)."""
+    side = min(height, width) * crop
+    box = [(width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2]
+    return {"box": [round(v, 1) for v in box], "score": 1.0, "landmarks": []}
+
+
 def conceal_photo(model, image: np.ndarray, as_: dict[str, Any] | None = None, detect: bool = True,
                   min_face: float = DEFAULT_MIN_FACE, max_faces: int | None = None, detector=None,
                   crop: float | None = None) -> tuple[np.ndarray, list[dict]]:
@@ -41,27 +70,24 @@ def conceal_photo(model, image: np.ndarray, as_: dict[str, Any] | None = None, d
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, not {image.dtype} {image.shape}")
-    geometry = geometry_of(model)
-    h, w = image.shape[:2]
     if not detect:
         from .data.images import center_crop_resize
 
+        h, w = image.shape[:2]
         crop = crop if crop is not None else training_data(model)[1]
-        side = min(h, w) * crop
-        matrix = centre_crop_matrix(h, w, crop, geometry.size)
-        faces = [{"box": [round((w - side) / 2, 1), round((h - side) / 2, 1), round((w + side) / 2, 1), round((h + side) / 2, 1)],
-                  "score": 1.0, "landmarks": []}]
-        crops = center_crop_resize(image, geometry.size, crop)[None]
-        masks = [np.ones((geometry.size, geometry.size), np.float32)]  # the whole crop is the face
-        return paste_faces(image, list(release(model, crops, as_)), [matrix], masks), faces
+        size = model.image_size
+        crops = center_crop_resize(image, size, crop)[None]
+        masks = [np.ones((size, size), np.float32)]  # the whole crop is the face
+        out = paste_faces(image, list(release(model, crops, as_)), [centre_crop_matrix(h, w, crop, size)], masks)
+        return out, [centre_face(h, w, crop)]
+    faces = find_faces(image, min_face, max_faces, detector)
+    return replace_faces(model, image, faces, as_)[0], faces
+
+
+def find_faces(image: np.ndarray, min_face: float = DEFAULT_MIN_FACE, max_faces: int | None = None, detector=None) -> list[dict]:
+    """The faces of one photo, largest first (the shared CenterFace detector unless ``detector`` is given)."""
     if detector is None:
         from .faces.detect import default_detector
 
         detector = default_detector()
-    faces = detector(image, min_face=min_face, max_faces=max_faces)
-    if not faces:
-        return image.copy(), []
-    crops, matrices = zip(*(align_face(image, f["landmarks"], geometry) for f in faces))
-    released = release(model, np.stack(crops), as_)
-    mask = face_mask(geometry)
-    return paste_faces(image, list(released), list(matrices), [mask] * len(faces)), faces
+    return detector(image, min_face=min_face, max_faces=max_faces)

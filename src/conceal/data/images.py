@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import uuid
@@ -152,33 +153,42 @@ def encode_image(array: np.ndarray, image_format: str = "PNG", compress_level: i
     return buffer.getvalue()
 
 
-def write_image(path: str | Path, array: np.ndarray, protect: Iterable[str | Path] = ()) -> None:
+def write_image(path: str | Path, array: np.ndarray, protect: Iterable[str | Path] = (), replace: bool = True) -> None:
     """Write an (H, W, 3) uint8 array as PNG or JPEG (by suffix), with no metadata, atomically.
 
     Refuses (``ValueError``) to overwrite a file that is one of ``protect`` (the inputs of a batch run),
-    including through another name for the same file (a symlink or hard link).
+    including through another name for the same file (a symlink or hard link). ``replace=False``: raise
+    ``FileExistsError`` rather than replace a file that exists, even one created while this one was written.
     """
     path = Path(path)
     image_format = _WRITE_FORMATS.get(path.suffix.lower())
     if image_format is None:
         raise ValueError(f"cannot write {path.name}: use a .png, .jpg or .jpeg name")
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 array, got {array.dtype} {array.shape}")
     if path.exists():
         for protected in protect:
             if Path(protected).exists() and os.path.samefile(path, protected):
                 raise ValueError(f"refusing to overwrite input {protected}")
+        if not replace:
+            raise FileExistsError(errno.EEXIST, "file exists", str(path))
+    data = encode_image(array, image_format)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh image from the pixels alone carries no EXIF, ICC profile or text chunks.
-    image = Image.fromarray(np.ascontiguousarray(array))
-    options = {"quality": 95} if image_format == "JPEG" else {}
-    # Temp file in the same folder so os.replace is an atomic rename; "xb" respects the umask
-    # (tempfile would create it 0600).
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # A short temp name in the same folder (a long input name plus a long suffix could pass NAME_MAX), so
+    # the final rename or link is atomic; "xb" respects the umask (tempfile would create it 0600).
+    temp = path.with_name(f".{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(temp, "xb") as handle:
-            image.save(handle, format=image_format, **options)
-        os.replace(temp, path)
+            handle.write(data)
+        if replace:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)  # fails if the name was taken meanwhile: never replaces
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+                os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
 
