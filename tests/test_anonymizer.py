@@ -164,7 +164,7 @@ def test_cli_train_encode_apply(tmp_path):
 
     for i, face in enumerate(faces):
         write_image(tmp_path / "in" / f"face{i}.png", face)
-    assert main(["encode", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "codes.npz")]) == 0
+    assert main(["encode", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "codes.npz"), "--no-detect"]) == 0
     assert np.load(tmp_path / "codes.npz")["codes"].shape == (3, 16)
     assert main(["apply", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-detect"]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 3

@@ -4,6 +4,7 @@ out like the inputs, a manifest line per input, nothing overwritten, and bad inp
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,80 @@ def test_huge_photo_in_bounded_memory(tiny_saved_models, tmp_path):
     assert all(found(p, record["faces"]) for p in planted)
     with Image.open(tmp_path / "out" / "big.png") as img:
         assert img.size == (8000, 6000)
+
+
+def test_malformed_corpus_through_the_photo_path(tiny_saved_models, tmp_path, capsys):
+    """test_malformed's corpus, detecting: each bad file skipped with its reason, odd but valid ones copied."""
+    from test_malformed import BAD, odd_but_valid
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, content in BAD.items():
+        if content is not None:
+            (folder / name).write_bytes(content)
+    (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    valid = odd_but_valid(folder)
+    out = tmp_path / "out"
+    assert main(["apply", str(tiny_saved_models["concealer"]), str(folder), "-o", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and f"{len(BAD) - 1} skipped" in captured.out  # all but folder.jpg (not made here)
+    records = {Path(r["input"]).name: r for r in manifest(out)}
+    assert all(records[n]["status"] == "no_face" and (out / records[n]["output"]).is_file() for n in valid)
+    assert all(records[n]["status"] == "skipped" and records[n]["reason"] for n in BAD if n in records)
+
+
+# --- share-then-reveal: encode photos, decode codes -------------------------------------------------------
+
+
+def test_encode_photos_then_decode_into_them(tiny_saved_models, photo_dir, composites, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(photo_dir.parent)
+    model = str(tiny_saved_models["concealer"])
+    codes = tmp_path / "codes.npz"
+    assert main(["encode", model, photo_dir.name, "-o", str(codes)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 10 codes" in printed and "from 4 photos" in printed
+    data = np.load(codes)
+    assert data["codes"].shape[0] == 10 and data["boxes"].shape == (10, 4) and data["landmarks"].shape == (10, 5, 2)
+    assert sorted(set(data["paths"])) == [f"{photo_dir.name}/group{i}.png" for i in range(1, 5)]  # relative, as given
+    assert (data["sizes"] == [480, 640]).all()
+
+    # every face its own attributes from a CSV; one photo has no row: not rendered, and said
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,gender,age\n{photo_dir.name}/group1.png,female,30\n{photo_dir.name}/group2.png,male,70\n")
+    assert main(["decode", model, str(codes), "--labels", str(labels), "-o", str(tmp_path / "faces")]) == 0
+    assert "rendered 3 faces" in (summary := capsys.readouterr().out) and "2 photos not in" in summary
+    assert len(list((tmp_path / "faces").glob("*.png"))) == 3
+
+    out = tmp_path / "revealed"
+    assert main(["decode", model, str(codes), "--as", "gender=male", "--into", photo_dir.name, "-o", str(out)]) == 0
+    assert "pasted 10 faces into 4 photos" in capsys.readouterr().out
+    for i, (photo, planted) in enumerate(composites, 1):
+        with Image.open(out / f"group{i}.png") as img:
+            result = np.asarray(img.convert("RGB"))
+        untouched = np.ones(photo.shape[:2], bool)
+        for p in planted:
+            x0, y0, x1, y1 = p["region"]
+            untouched[max(0, y0):y1, max(0, x0):x1] = False
+        assert np.array_equal(result[untouched], photo[untouched]) and not np.array_equal(result, photo)
+    assert [r["status"] for r in manifest(out)] == ["ok"] * 4
+    # again into the same folder: refused in one line
+    assert main(["decode", model, str(codes), "--into", photo_dir.name, "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [(b"not a zip", "not a codes file"), (None, "codes of size")])
+def test_decode_refuses_bad_codes_in_one_line(tiny_saved_models, tmp_path, capsys, content, message):
+    codes = tmp_path / "codes.npz"
+    if content is None:
+        np.savez(codes, codes=np.zeros((2, 999), np.float32), paths=np.array(["a.jpg", "b.jpg"]))
+    else:
+        codes.write_bytes(content)
+    assert main(["decode", str(tiny_saved_models["concealer"]), str(codes), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_decode_needs_a_model_that_renders_codes(tiny_saved_models, tmp_path, capsys):
+    np.savez(tmp_path / "c.npz", codes=np.zeros((1, 4), np.float32), paths=np.array(["a.jpg"]))
+    assert main(["decode", str(tiny_saved_models["masker"]), str(tmp_path / "c.npz"), "-o", str(tmp_path / "o")]) == 2
+    assert "does not render codes" in capsys.readouterr().err

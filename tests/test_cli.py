@@ -107,7 +107,7 @@ def test_unknown_model_path_is_one_line_error(tmp_path, photo_folder, capsys):
 
 def test_encode_writes_codes_and_paths(tiny_model_dir, photo_folder, tmp_path):
     out = tmp_path / "codes.npz"
-    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(out)]) == 0
+    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(out), "--no-detect"]) == 0
     data = np.load(out)
     assert data["codes"].shape == (4, 8) and data["codes"].dtype == np.float32
     assert [p.split("/")[-1] for p in data["paths"]] == [f"face{i}.jpg" for i in range(4)]
@@ -123,20 +123,20 @@ def test_demo_writes_a_grid(tiny_model_dir, tmp_path, capsys):
 
 
 def test_apply_crops_like_the_model_was_trained(tiny_model_dir, tmp_path):
-    """--crop defaults to the model's training crop: its data config, else its dataset's default (LFW: 0.5)."""
+    """The centre crop defaults to the model's training crop: its data config, else its dataset's default (LFW: 0.5)."""
     import json
     import shutil
 
-    from conceal.cli import _model_crop
+    from conceal.faces.align import training_data
+    from conceal.methods import load_api
 
-    assert _model_crop(tiny_model_dir, None) == 1.0  # synthetic faces fill the frame
-    assert _model_crop(tiny_model_dir, 0.7) == 0.7
+    assert training_data(load_api(tiny_model_dir)) == ("synthetic", 1.0)  # synthetic faces fill the frame
     lfw_model = tmp_path / "lfw_model"
     shutil.copytree(tiny_model_dir / "checkpoint", lfw_model)
     info = json.loads((lfw_model / "model.json").read_text())
     info["data"].update(dataset="lfw", crop=None)
     (lfw_model / "model.json").write_text(json.dumps(info))
-    assert _model_crop(lfw_model, None) == 0.5
+    assert training_data(load_api(lfw_model)) == ("lfw", 0.5)
 
 
 def test_apply_and_encode_fold_batch_norm_and_erase_does_not(tiny_model_dir, photo_folder, tmp_path, monkeypatch):
@@ -152,6 +152,6 @@ def test_apply_and_encode_fold_batch_norm_and_erase_does_not(tiny_model_dir, pho
 
     monkeypatch.setattr(conceal.methods, "load_api", spy)
     assert main(["apply", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "a"), "--quiet", "--no-detect"]) == 0
-    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "c.npz")]) == 0
+    assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "c.npz"), "--no-detect"]) == 0
     assert main(["erase", str(tiny_model_dir), "-o", str(tmp_path / "erased")]) == 0
     assert calls == [True, True, False]

@@ -70,7 +70,7 @@ def corpus(tmp_path) -> Path:
 
 def test_bad_images_are_skipped_and_counted_among_good_ones(tiny_model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "codes.npz"
-    assert main(["encode", str(tiny_model_dir), str(corpus), "-o", str(out)]) == 0
+    assert main(["encode", str(tiny_model_dir), str(corpus), "-o", str(out), "--no-detect"]) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     codes = np.load(out)
@@ -81,7 +81,7 @@ def test_bad_images_are_skipped_and_counted_among_good_ones(tiny_model_dir, corp
 
 @pytest.mark.parametrize("name", [n for n in BAD if n != "folder.jpg"])
 def test_each_bad_image_alone_is_one_line(tiny_model_dir, corpus, tmp_path, capsys, name):
-    rc = main(["encode", str(tiny_model_dir), str(corpus / name), "-o", str(tmp_path / "c.npz")])
+    rc = main(["encode", str(tiny_model_dir), str(corpus / name), "-o", str(tmp_path / "c.npz"), "--no-detect"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("conceal: error: ") and "Traceback" not in err, err
     assert not (tmp_path / "c.npz").exists()

@@ -100,6 +100,9 @@ def sandbox(tmp_path: Path) -> Path:
         face.save(tmp_path / "photos" / f"face{i}.jpg")
         face.save(tmp_path / "my_faces" / f"{i}.jpg")
         rows.append(f"{i}.jpg,{i % 2}")
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "photos" / "astronaut.jpg")  # a real photo with a face to find
     (tmp_path / "my_faces" / "labels.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
 

@@ -207,9 +207,9 @@ def test_encode_refuses_an_existing_output_and_stores_no_absolute_path(tiny_run,
     Image.new("RGB", (20, 20), (120, 90, 60)).save(photos / "a" / "0.jpg")
     out = tmp_path / "codes.npz"
     out.write_bytes(b"keep me")
-    rc = main(["encode", str(tiny_run), str(photos), "-o", str(out)])
+    rc = main(["encode", str(tiny_run), str(photos), "-o", str(out), "--no-detect"])
     assert "--overwrite" in one_line_error(capsys, rc) and out.read_bytes() == b"keep me"
-    assert main(["encode", str(tiny_run), str(photos), "-o", str(out), "--overwrite"]) == 0
+    assert main(["encode", str(tiny_run), str(photos), "-o", str(out), "--overwrite", "--no-detect"]) == 0
     assert list(np.load(out)["paths"]) == ["photos/a/0.jpg"]  # the input folder's own name, not /tmp/...
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
@@ -230,7 +230,7 @@ def test_export_refuses_an_existing_output_and_a_folder(tiny_run, tmp_path, caps
 
 def test_os_errors_are_one_line(tiny_run, tmp_path, capsys):
     long_name = tmp_path / ("x" * 300 + ".npz")
-    rc = main(["encode", str(tiny_run), str(tiny_run / "loss_curves.png"), "-o", str(long_name)])
+    rc = main(["encode", str(tiny_run), str(tiny_run / "loss_curves.png"), "-o", str(long_name), "--no-detect"])
     assert "file name too long" in one_line_error(capsys, rc)
 
 

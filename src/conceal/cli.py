@@ -12,8 +12,6 @@ import functools
 import json
 import os
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +20,11 @@ import tomli_w
 from . import __version__
 from .config import ConfigError, DataConfig, TrainConfig, build_run_config
 from .data import DATASETS, DataError, LabelError, open_dataset
-from .data.images import ImageReadError, center_crop_resize, iter_image_files, read_image
+from .data.images import ImageReadError
 from .errors import CheckpointError, ExportError
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointError, ExportError)
 METHOD_NAMES = ("anonymizer", "concealer", "masker")  # sorted(conceal.methods.METHODS), without importing torch here
-DECODE_THREADS = 4  # image decoding threads of apply/encode (at most the CPU count)
 
 
 def _parse_attributes(text: str | None) -> dict[str, str]:
@@ -106,48 +103,6 @@ def _crop_fraction(text: str) -> float:
     return value
 
 
-def _decode(path: Path, size: int, crop: float) -> tuple[tuple[int, int], np.ndarray]:
-    """One file -> (original (H, W), (size, size, 3) uint8 centre crop), or ImageReadError."""
-    img = read_image(path)
-    return img.shape[:2], center_crop_resize(img, size, crop)
-
-
-def _decoded_in_order(files: list[Path], size: int, crop: float, ahead: int):
-    """Yield (path, future of ``_decode``) in input order, with up to ``ahead`` files decoding on threads.
-
-    Pillow releases the GIL while it decodes and resizes, so threads overlap JPEG decoding with each
-    other and with the model; the bounded look-ahead keeps memory flat however many files there are.
-    """
-    workers = min(DECODE_THREADS, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque = deque()
-        for f in files:
-            queue.append((f, pool.submit(_decode, f, size, crop)))
-            if len(queue) >= ahead:
-                yield queue.popleft()
-        while queue:
-            yield queue.popleft()
-
-
-def _iter_batches(files: list[Path], size: int, crop: float, skipped: dict[str, str], batch: int = 64):
-    """Stream (paths, originals' sizes, (B, size, size, 3) uint8) batches; unreadable files are counted in ``skipped``."""
-    paths, shapes, images = [], [], []
-    for f, decoded in _decoded_in_order(files, size, crop, ahead=2 * batch):
-        try:
-            shape, img = decoded.result()
-        except ImageReadError as e:
-            skipped[str(f)] = e.reason
-            continue
-        paths.append(f)
-        shapes.append(shape)
-        images.append(img)
-        if len(images) == batch:
-            yield paths, shapes, np.stack(images)
-            paths, shapes, images = [], [], []
-    if images:
-        yield paths, shapes, np.stack(images)
-
-
 def _skip_summary(skipped: dict[str, str]) -> str:
     if not skipped:
         return ""
@@ -155,17 +110,6 @@ def _skip_summary(skipped: dict[str, str]) -> str:
     for r in skipped.values():
         reasons[r] = reasons.get(r, 0) + 1
     return f", {len(skipped)} skipped (" + "; ".join(f"{n} {r}" for r, n in reasons.items()) + ")"
-
-
-def _model_crop(model_path, crop: float | None) -> float:
-    """--crop, else the centre crop the model was trained with (its data config, else its dataset's default)."""
-    from .data import default_crop
-    from .train.checkpoint import read_model_info
-
-    if crop is not None:
-        return crop
-    data = read_model_info(model_path).get("data", {})
-    return data["crop"] if data.get("crop") is not None else default_crop(data.get("dataset"))
 
 
 def cmd_apply(args) -> int:
@@ -192,38 +136,47 @@ def _refuse_existing(path: str | Path, overwrite: bool) -> None:
         raise ConfigError(f"{path} exists: pass --overwrite to replace it")
 
 
-def _stored_path(file: Path, inputs: list[Path]) -> str:
-    """The name codes.npz keeps for ``file``: as the user spelled it, never absolute (an absolute path
-    tells whose machine and home folder the faces came from): an absolute input keeps only its own name."""
-    for given in inputs:
-        if given.is_absolute() and (file == given or given in file.parents):
-            return (Path(given.name) / file.relative_to(given)).as_posix() if file != given else given.name
-    return file.as_posix()
-
-
 def cmd_encode(args) -> int:
+    from .apply import plural
+    from .codes import encode_photos
     from .methods import load_api
 
     _refuse_existing(args.out, args.overwrite)
     model = load_api(args.model, fold_batch_norm=True)  # inference only: never trained or saved here
     if "codes" not in model.method.releases:
         raise ConfigError(f"a {model.method.name} model releases images, not codes: use conceal apply")
-    files, skipped = iter_image_files(args.inputs)
-    codes, paths = [], []
-    for batch_paths, _, images in _iter_batches(files, model.image_size, _model_crop(args.model, args.crop), skipped):
-        codes.append(model.encode(images))
-        paths += [_stored_path(p, args.inputs) for p in batch_paths]
-    if not codes:
-        raise DataError("no readable images among the inputs" + _skip_summary(skipped))
+    if not args.no_detect:
+        from .faces.detect import default_detector
+
+        default_detector()  # a missing detector fails now, in one line
+    arrays, skipped, no_face = encode_photos(model, args.inputs, detect=not args.no_detect, min_face=args.min_face,
+                                             max_faces=args.max_faces, crop=args.crop)
+    if not arrays:
+        raise DataError(("no face found in " + plural(len(no_face), "photo") if no_face else "no readable images among the inputs")
+                        + _skip_summary(skipped))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name[:32]}.{os.getpid()}.tmp.npz")  # short: a long output name still fits
     try:
-        np.savez(tmp, codes=np.concatenate(codes), paths=np.array(paths))
+        np.savez(tmp, **arrays)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {len(paths)} codes of size {codes[0].shape[1]} to {out}{_skip_summary(skipped)}")
+    photos = len(set(arrays["paths"].tolist()))
+    missed = f", {plural(len(no_face), 'photo')} with no face found ({', '.join(no_face[:5])})" if no_face else ""
+    print(f"wrote {plural(len(arrays['codes']), 'code')} of size {arrays['codes'].shape[1]} from {plural(photos, 'photo')} "
+          f"to {out}{missed}{_skip_summary(skipped)}")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .codes import run_decode
+    from .methods import load_api
+
+    model = load_api(args.model, fold_batch_norm=True)
+    as_ = _parse_attributes(args.as_) if args.as_ is not None else None
+    print(run_decode(model, Path(args.codes), Path(args.out), as_=as_, labels=Path(args.labels) if args.labels else None,
+                     into=args.into, overwrite=args.overwrite))
     return 0
 
 
@@ -445,13 +398,30 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.set_defaults(func=cmd_apply)
 
-    en = sub.add_parser("encode", help="export concealed codes (npz: codes N x d, paths N)")
+    en = sub.add_parser("encode", help="export concealed codes of every face in photos (npz: codes N x d, paths, boxes, landmarks)")
     en.add_argument("model", help="a model directory (models/NAME) or a run directory, of a method that releases codes")
     en.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     en.add_argument("-o", "--out", required=True, help="output .npz (paths are stored as given, never absolute)")
-    en.add_argument("--crop", type=_crop_fraction, default=None, help=crop_help)
+    en.add_argument("--crop", type=_crop_fraction, default=None, help="--no-detect: " + crop_help)
+    en.add_argument("--no-detect", action="store_true", help="the inputs are face crops: one code per image, of its centre crop")
+    en.add_argument("--min-face", type=float, default=24, metavar="PX", help="ignore faces smaller than this (default: 24 px)")
+    en.add_argument("--max-faces", type=int, default=None, metavar="N", help="encode at most the N largest faces per photo (default: all)")
     en.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     en.set_defaults(func=cmd_encode)
+
+    dc = sub.add_parser("decode", help="render shared concealed codes (share-then-reveal): with chosen attributes, "
+                        "each face's own (--labels), or pasted back into its photo (--into)")
+    dc.add_argument("model", help="the concealer model the codes were encoded with (models/NAME or a run directory)")
+    dc.add_argument("codes", help="codes.npz from conceal encode")
+    dc.add_argument("-o", "--out", required=True, help="output folder: 000001.png ... per codes row, or with --into the photos")
+    dc.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 for every face (default: none, "
+                    "every attribute unspecified; with --labels: overrides the CSV's values)")
+    dc.add_argument("--labels", metavar="CSV", help="path,<attribute columns> (e.g. path,gender,age): each face rendered with "
+                    "its photo's row (the paths as codes.npz stores them)")
+    dc.add_argument("--into", nargs="+", type=Path, metavar="PHOTOS", help="the photos the codes were encoded from (files or "
+                    "folders): each decoded face is pasted back where it was found")
+    dc.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in -o (default: refuse)")
+    dc.set_defaults(func=cmd_decode)
 
     au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")
     au.add_argument("model", help="a model directory (models/NAME) or a run directory")
