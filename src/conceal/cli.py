@@ -417,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--as", dest="as_", metavar="ATTRS", help="e.g. gender=female,age=40 for every face (default: none, "
                     "every attribute unspecified; with --labels: overrides the CSV's values)")
     dc.add_argument("--labels", metavar="CSV", help="path,<attribute columns> (e.g. path,gender,age): each face rendered with "
-                    "its photo's row (the paths as codes.npz stores them)")
+                    "its photo's row (the paths as codes.npz stores them) (default: none)")
     dc.add_argument("--into", nargs="+", type=Path, metavar="PHOTOS", help="the photos the codes were encoded from (files or "
-                    "folders): each decoded face is pasted back where it was found")
+                    "folders): each decoded face is pasted back where it was found (default: none: faces alone at the model's size)")
     dc.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in -o (default: refuse)")
     dc.set_defaults(func=cmd_decode)
 

