@@ -227,3 +227,9 @@ def test_masker_trains_on_fer_rows(tmp_path):
     ]) == 0
     config = (run / "checkpoint" / "config.toml").read_text()
     assert 'labels = "ferplus"' in config and 'dataset = "fer2013"' in config
+    # The audit opens the data with the model's own label scheme (FER+'s 8 classes, not FER2013's 7).
+    from conceal.audit.context import open_splits
+    from conceal.train.checkpoint import read_model_info
+
+    _, arrays = open_splits(read_model_info(run / "checkpoint"), "fer2013", None, log=lambda _: None)
+    assert arrays.schema["emotion"].classes == FERPLUS_EMOTIONS

@@ -30,6 +30,8 @@ def open_splits(info: dict, dataset: str, root: str | None, log: Callable = prin
     options = {}
     if dataset == "synthetic":
         options = {"n": data.get("synthetic_n", 10000), "seed": data.get("synthetic_seed", 0)} if same else {}
+    if dataset == "fer2013" and same:  # the label scheme the model was trained on (FER+'s classes differ from FER2013's)
+        options = {"labels": data.get("labels", "fer2013")}
     if root is None and same:
         root = data.get("root")
     crop = data.get("crop") if same else None
