@@ -309,6 +309,8 @@ def identity_section(ctx: AuditContext, max_probes: int | None = 600) -> dict:
     if not len(gallery):
         return {"skipped": "no test person has two images"}
     probes = probes[sample_rows(len(probes), max_probes, ctx.seed, purpose=8)]
+    if not len(probes):
+        return {"skipped": "no probes (max_probes=0, or no second image of a test person)"}
     start = time.perf_counter()
     gallery_vectors = ctx.embed("test", "original", gallery)
     result: dict[str, Any] = {"judge": judge_name(objects["face_embedding"]), "gallery_people": int(len(gallery)), "probes": int(len(probes)),
