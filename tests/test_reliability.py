@@ -300,3 +300,15 @@ def test_a_csv_that_is_not_utf8_is_one_line(tmp_path, capsys):
     root = folder_dataset(tmp_path, b"path,name\nimgs/0.jpg,Ren\xe9\n")
     rc = main(["data", "info", "--dataset", "folder", "--root", str(root)])
     assert "labels.csv is not UTF-8 text" in one_line_error(capsys, rc)
+
+
+def test_a_one_epoch_run_draws_its_loss_as_a_line(tiny_run):
+    """A short run's curve has a point per stretch of batches, and their weighted mean is the epoch's mean."""
+    from conceal.train.loop import train_curve
+
+    state = json.loads((tiny_run / "checkpoint" / "train_state.json").read_text())["loop"]
+    xs, ys = train_curve(state["curve"])
+    n_batches = state["curve"][-1]["of"]
+    assert len(xs) == n_batches >= 2 and xs[-1] == 1.0  # 3 batches: a point each
+    assert np.mean(ys["loss"]) == pytest.approx(state["history"][0]["train"]["loss"])
+    assert (tiny_run / "loss_curves.png").stat().st_size > 0

@@ -24,6 +24,7 @@ from . import distributed
 from .checkpoint import load_train_state, save_checkpoint
 
 SHOWN = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")  # loss terms on the progress bar
+POINTS_PER_EPOCH = 8  # train-loss points per epoch on the loss curves, so a short run draws lines, not dots
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,8 +108,26 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def plot_history(history: list[dict], path: Path) -> None:
-    """One panel per logged quantity: train (per epoch mean) and validation curves."""
+def train_curve(curve: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``state["curve"]`` (running sums of each epoch, snapshotted ``POINTS_PER_EPOCH`` times an epoch) ->
+    (x (P,) in epochs, key -> (P,) mean of each stretch of batches between two snapshots)."""
+    xs, ys, previous = [], {}, {"epoch": None, "batch": 0, "sums": {}}
+    for point in curve:
+        if point["epoch"] != previous["epoch"]:
+            previous = {"epoch": point["epoch"], "batch": 0, "sums": {}}
+        n = point["batch"] - previous["batch"]
+        xs.append(point["epoch"] + point["batch"] / point["of"])
+        for k, total in point["sums"].items():
+            ys.setdefault(k, [np.nan] * (len(xs) - 1))
+        for k in ys:
+            ys[k].append((point["sums"].get(k, np.nan) - previous["sums"].get(k, 0.0)) / max(n, 1))
+        previous = point
+    return np.array(xs), {k: np.array(v) for k, v in ys.items()}
+
+
+def plot_history(history: list[dict], path: Path, curve: list[dict] = ()) -> None:
+    """One panel per logged quantity: the train loss within epochs (from ``curve``; else each epoch's mean)
+    as a line with markers, and the validation value after each epoch as markers on a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,11 +138,17 @@ def plot_history(history: list[dict], path: Path) -> None:
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     epochs = [h["epoch"] for h in history]
+    steps_x, steps_y = train_curve(list(curve))
     for ax, key in zip(axes.flat, keys):
-        for part, style in (("train", "-"), ("val", "--")):
-            ys = [h[part].get(key, np.nan) for h in history]
+        if key in steps_y and not np.isnan(steps_y[key]).all():
+            ax.plot(steps_x, steps_y[key], "-", marker="o", ms=3, label="train")
+        else:
+            ys = [h["train"].get(key, np.nan) for h in history]
             if not all(np.isnan(ys)):
-                ax.plot(epochs, ys, style, marker="o", ms=3, label=part)
+                ax.plot(epochs, ys, "-", marker="o", ms=5, label="train (epoch mean)")
+        ys = [h["val"].get(key, np.nan) for h in history]
+        if not all(np.isnan(ys)):
+            ax.plot(epochs, ys, "--", marker="s", ms=6, color="C1", label="val")
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
@@ -216,6 +241,8 @@ def fit(
                 state["step"] += 1
                 state["batch"] = b + 1
                 steps_here += 1
+                if (b + 1) % math.ceil(n_batches / POINTS_PER_EPOCH) == 0 or b + 1 == n_batches:
+                    state.setdefault("curve", []).append({"epoch": epoch, "batch": b + 1, "of": n_batches, "sums": dict(sums)})
                 shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in SHOWN}
                 bar.set_postfix(shown | {"img/s": f"{tc.batch_size * (b + 1 - first) / max(step_time, 1e-9):.0f}"})
                 elapsed_min = (time.monotonic() - began) / 60
@@ -240,7 +267,7 @@ def fit(
             state.update(epoch=epoch + 1, batch=0, partial_sums={})
             if world.main:
                 save_checkpoint(run_dir, method, cfg, optimizers, state)
-                plot_history(state["history"], run_dir / "loss_curves.png")
+                plot_history(state["history"], run_dir / "loss_curves.png", state.get("curve", []))
             log(
                 f"epoch {epoch + 1}/{tc.epochs}  "
                 + "  ".join(f"{k} {v:.4g}" for k, v in train_means.items())
