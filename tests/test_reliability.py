@@ -312,3 +312,63 @@ def test_a_one_epoch_run_draws_its_loss_as_a_line(tiny_run):
     assert len(xs) == n_batches >= 2 and xs[-1] == 1.0  # 3 batches: a point each
     assert np.mean(ys["loss"]) == pytest.approx(state["history"][0]["train"]["loss"])
     assert (tiny_run / "loss_curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_checkpoints_survive_two_crashes_in_a_row(tiny_run, tmp_path, monkeypatch, capsys):
+    """Crash 1 between the two renames of a save, crash 2 just before them; the run still resumes, and ends
+    bit-identical to one never interrupted."""
+    import errno
+    import shutil
+
+    import conceal.train.checkpoint as checkpoint
+
+    whole = tmp_path / "whole"
+    assert main(["train", *TINY, "--seed", "5", "--epochs", "3", "-o", str(whole)]) == 0
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # epoch 1 of the same config and seed
+
+    rename = Path.rename
+
+    def crash_before_the_new_checkpoint_is_in_place(self, target):
+        if self.name == ".checkpoint.tmp" and Path(target).name == "checkpoint" and (self.parent / ".checkpoint.old").exists() \
+                and not (self.parent / "checkpoint").exists() and json.loads((self / "model.json").read_text())["epoch"] == 2:
+            raise OSError(errno.EIO, "simulated crash")
+        return rename(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", crash_before_the_new_checkpoint_is_in_place)
+        assert main(["train", "concealer", "--resume", "--epochs", "2", "--no-progress", "-o", str(run)]) == 2
+    assert not (run / "checkpoint").exists() and checkpoint.model_dir(run) == run / ".checkpoint.tmp"  # epoch 2, complete
+
+    fsync = checkpoint._fsync
+
+    def crash_after_writing(path):
+        if path.name == ".checkpoint.tmp":
+            raise OSError(errno.EIO, "simulated crash")
+        fsync(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "_fsync", crash_after_writing)
+        assert main(["train", "concealer", "--resume", "--epochs", "3", "--no-progress", "-o", str(run)]) == 2
+    assert checkpoint.model_dir(run) == run / "checkpoint"
+    assert json.loads((run / "checkpoint" / "model.json").read_text())["epoch"] == 2
+
+    capsys.readouterr()
+    assert main(["train", "concealer", "--resume", "--epochs", "3", "--no-progress", "-o", str(run)]) == 0
+    assert "at epoch 3/3, batch 0/3" in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint"]
+    a, b = weights(whole), weights(run)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_being_written_is_not_loaded(tiny_run, tmp_path):
+    import shutil
+
+    from conceal.train.checkpoint import model_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "checkpoint", run / ".checkpoint.old")
+    shutil.copytree(tiny_run / "checkpoint", run / ".checkpoint.tmp")
+    (run / ".checkpoint.tmp" / "train_state.json").unlink()  # the run died while writing it
+    assert model_dir(run) == run / ".checkpoint.old"

@@ -14,6 +14,7 @@ directory and swapped in with renames, so an interrupted write never leaves a ha
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def save_checkpoint(run_dir: Path, method: Method, run_cfg: RunConfig, optimizer
     """Atomically replace RUN/checkpoint with the current model, optimizers, RNG and loop position."""
     run_dir = Path(run_dir)
     tmp, final, old = run_dir / ".checkpoint.tmp", run_dir / "checkpoint", run_dir / ".checkpoint.old"
+    if not final.exists() and is_complete(tmp):
+        tmp.rename(final)  # a crash between the two renames below left the newest checkpoint here: keep it
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     last = state["history"][-1]["val"] if state["history"] else {}
@@ -91,20 +94,47 @@ def save_checkpoint(run_dir: Path, method: Method, run_cfg: RunConfig, optimizer
     for name, opt in optimizers.items():
         _flatten_optimizer(name, opt, tensors, meta)
     save_file(tensors, tmp / "train_state.safetensors")
+    for written in tmp.iterdir():  # on disk before train_state.json says the checkpoint is complete
+        _fsync(written)
     (tmp / "train_state.json").write_text(json.dumps({"loop": state, "optimizers": meta}, indent=1))
+    _fsync(tmp / "train_state.json")
+    _fsync(tmp)
 
-    shutil.rmtree(old, ignore_errors=True)
+    # At every moment one complete checkpoint exists (checkpoint/, else .checkpoint.tmp, else
+    # .checkpoint.old; model_dir looks in that order), however many crashes in a row interrupt this.
     if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
+    _fsync(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk, so a rename never lands before the data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_complete(directory: Path) -> bool:
+    """A checkpoint whose every file was written: train_state.json, written (and flushed) last, parses."""
+    try:
+        json.loads((Path(directory) / "train_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all((Path(directory) / name).is_file() for name in ("model.json", "model.safetensors", "train_state.safetensors"))
 
 
 def model_dir(path: str | Path) -> Path:
     """Accept a model directory (models/NAME), a checkpoint directory, or a run directory."""
     path = Path(path)
-    for candidate in (path, path / "checkpoint", path / ".checkpoint.old"):
+    for candidate in (path, path / "checkpoint", path / ".checkpoint.tmp", path / ".checkpoint.old"):
+        if candidate.name == ".checkpoint.tmp" and not is_complete(candidate):
+            continue  # a checkpoint being written when the run died
         if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise CheckpointError(f"no model found at {path} (expected model.json + model.safetensors, or a run directory)")
