@@ -85,3 +85,24 @@ def test_each_bad_image_alone_is_one_line(tiny_model_dir, corpus, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("conceal: error: ") and "Traceback" not in err, err
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_every_exported_graph_takes_an_empty_batch(tiny_saved_models, tmp_path):
+    """In a subprocess: the masker's graph used to die with SIGFPE (flatten divided by the batch size)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    code = """
+import sys, numpy as np
+from conceal.export import export_onnx, onnx_session, example_inputs, input_names
+from conceal.train.checkpoint import load_model
+method = load_model(sys.argv[1])
+session = onnx_session(export_onnx(method, sys.argv[2]))
+inputs = {n: v[:0].numpy() for n, v in example_inputs(method, 2).items() if n in input_names(method)}
+outputs = session.run(None, inputs)
+assert all(o.shape[0] == 0 for o in outputs), [o.shape for o in outputs]
+"""
+    for name, model in tiny_saved_models.items():
+        done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / f"{name}.onnx")], capture_output=True, text=True)
+        assert done.returncode == 0, (name, done.returncode, done.stderr[-1500:])

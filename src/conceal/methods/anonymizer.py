@@ -237,7 +237,7 @@ class AIA(Method):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """g (B, code_dim) -> reconstruction (B, 1, H, W) in [0, 1]."""
         # codes.shape[0], not len(codes): the ONNX exporter traces shape[0] as the dynamic batch, len() as a constant.
-        return self.decoder(self.from_code(codes).view(codes.shape[0], *self.feature_shape))
+        return self.decoder(self.from_code(codes).reshape(-1, *self.feature_shape))  # -1: an exported graph takes an empty batch
 
     def forward(self, images: torch.Tensor, labels: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(B, 3, H, W) -> the released image: the reconstruction, gray in 3 channels (B, 3, H, W).

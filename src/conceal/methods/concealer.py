@@ -104,7 +104,8 @@ class ConcealVAE(Method):
         """z (B, latent) + labels (name -> (B,)) -> images (B, 3, H, W) in [0, 1]."""
         h = self.from_latent(torch.cat([z, self.codec(labels, unspecified)], dim=1))
         # z.shape[0], not len(z): the ONNX exporter traces shape[0] as the dynamic batch, len() as a constant.
-        return self.decoder(h.view(z.shape[0], -1, self.side, self.side))
+        # -1 on the batch axis, constants elsewhere: an exported graph then also takes an empty batch
+        return self.decoder(h.reshape(-1, int(h.shape[1]) // self.side**2, self.side, self.side))
 
     def forward(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Deterministic reconstruction with the given labels (μ, no sampling)."""

@@ -119,9 +119,13 @@ def top_k_mask(mask: torch.Tensor, keep: float) -> torch.Tensor:
     Exactly k pixels survive per image, ties included (``topk`` picks k indices whatever the values).
     The selection carries no gradient; the kept values do.
     """
-    flat = mask.flatten(1)  # (B, H·W)
-    k = max(1, round(keep * int(flat.shape[1])))  # int(): H·W is fixed per model, a constant in an exported graph
-    selected = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0)
+    pixels = int(mask.shape[2]) * int(mask.shape[3])  # int(): H·W is fixed per model, a constant in an exported graph
+    flat = mask.reshape(-1, pixels)  # (B, H·W)
+    k = max(1, round(keep * pixels))
+    # One zero row appended and dropped again: onnxruntime's TopK dies with SIGFPE on zero rows, so the
+    # exported graph could not take an empty batch otherwise. Rows are independent: nothing else changes.
+    padded = torch.cat([flat, flat.new_zeros(1, pixels)])  # (B + 1, H·W)
+    selected = torch.zeros_like(padded).scatter_(1, padded.topk(k, dim=1).indices, 1.0)[:-1]
     return (flat * selected).view_as(mask)
 
 
