@@ -106,3 +106,128 @@ assert all(o.shape[0] == 0 for o in outputs), [o.shape for o in outputs]
     for name, model in tiny_saved_models.items():
         done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / f"{name}.onnx")], capture_output=True, text=True)
         assert done.returncode == 0, (name, done.returncode, done.stderr[-1500:])
+
+
+# --- tampered model folders --------------------------------------------------------------------------
+
+
+def _json(edit):
+    """A tampering that rewrites model.json through ``edit(info) -> info``."""
+    def tamper(folder: Path) -> None:
+        import json
+
+        info = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps(edit(info)))
+    return tamper
+
+
+def _set(key, value):
+    return _json(lambda info: {**info, key: value})
+
+
+def _config(key, value):
+    return _json(lambda info: {**info, "model_config": {**info["model_config"], key: value}})
+
+
+def _drop(key):
+    return _json(lambda info: {k: v for k, v in info.items() if k != key})
+
+
+def _weights(edit):
+    """A tampering that rewrites model.safetensors through ``edit(tensors)`` (a dict it changes in place)."""
+    def tamper(folder: Path) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(folder / "model.safetensors")
+        edit(tensors)
+        save_file(tensors, folder / "model.safetensors")
+    return tamper
+
+
+def _first(tensors) -> str:
+    return sorted(k for k, v in tensors.items() if v.dtype == np.float32 and v.size > 1)[0]
+
+
+def _bytes(path: str, content):
+    def tamper(folder: Path) -> None:
+        target = folder / path
+        target.write_bytes(content(target.read_bytes()) if callable(content) else content)
+    return tamper
+
+
+def _replace_dir(folder: Path) -> None:
+    (folder / "model.json").unlink()
+    (folder / "model.json").mkdir()
+
+
+TAMPERINGS = {
+    "json not json": _bytes("model.json", b"{not json"),
+    "json zero bytes": _bytes("model.json", b""),
+    "json not utf8": _bytes("model.json", b'{"format": "\xff"}'),
+    "json an array": _bytes("model.json", b"[1, 2]"),
+    "json a folder": _replace_dir,
+    "format missing": _drop("format"),
+    "format wrong": _set("format", "conceal-model/99"),
+    "method missing": _drop("method"),
+    "method unknown": _set("method", "nosuch"),
+    "method not a string": _set("method", 123),
+    "method of another kind": lambda f: _set("method", {"concealer": "masker"}.get(json_method(f), "concealer"))(f),
+    "config missing": _drop("model_config"),
+    "config a list": _set("model_config", [1, 2]),
+    "config unknown key": _config("nonsense", 1),
+    "config wrong type": _config("eraser_rank", "big"),
+    "config out of range": _config("eraser_rank", -5),
+    "config shape change": lambda f: _config(*WIDTH[json_method(f)])(f),
+    "schema missing": _drop("schema"),
+    "schema not a list": _set("schema", {"gender": "binary"}),
+    "schema bad kind": _json(lambda i: {**i, "schema": [{**i["schema"][0], "kind": "fuzzy"}] + i["schema"][1:]}),
+    "schema label without name": _json(lambda i: {**i, "schema": [{"kind": "binary", "classes": ["a", "b"]}]}),
+    "schema empty": _set("schema", []),
+    "schema entries not tables": _set("schema", ["gender"]),
+    "size missing": _drop("image_size"),
+    "size a string": _set("image_size", "32"),
+    "size zero": _set("image_size", 0),
+    "size not a multiple": _set("image_size", 30),
+    "size changed": _set("image_size", 64),
+    "weights zero bytes": _bytes("model.safetensors", b""),
+    "weights truncated": _bytes("model.safetensors", lambda b: b[: len(b) // 2]),
+    "weights random bytes": _bytes("model.safetensors", bytes(range(256)) * 8),
+    "weights header too long": _bytes("model.safetensors", lambda b: struct.pack("<Q", 10**12) + b[8:]),
+    "weights missing tensor": _weights(lambda t: t.pop(_first(t))),
+    "weights extra tensor": _weights(lambda t: t.update(extra=np.zeros(3, np.float32))),
+    "weights wrong shape": _weights(lambda t: t.update({_first(t): np.zeros(t[_first(t)].size + 1, np.float32)})),
+    "weights NaN": _weights(lambda t: t[_first(t)].reshape(-1).__setitem__(0, np.nan)),
+    "weights inf": _weights(lambda t: t[_first(t)].reshape(-1).__setitem__(0, np.inf)),
+}
+# method -> (a config key, a value) that changes tensor shapes but is itself a valid setting
+WIDTH = {"concealer": ("width", 5), "masker": ("masker_width", 3), "anonymizer": ("siamese_hidden", 7)}
+
+
+def json_method(folder: Path) -> str:
+    import json
+
+    return json.loads((folder / "model.json").read_text())["method"]
+
+
+def test_the_corpus_has_the_issue_s_37_kinds():
+    assert len(TAMPERINGS) == 37
+
+
+@pytest.mark.parametrize("method", ["concealer", "masker", "anonymizer"])
+def test_an_untampered_model_exports(tiny_saved_models, tmp_path, method):
+    pytest.importorskip("onnx")
+    assert main(["export", str(tiny_saved_models[method]), "-o", str(tmp_path / "m.onnx"), "--no-check"]) == 0
+
+
+@pytest.mark.parametrize("kind", TAMPERINGS)
+@pytest.mark.parametrize("method", ["concealer", "masker"])
+def test_a_tampered_model_folder_is_one_line(tiny_saved_models, tmp_path, capsys, method, kind):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_saved_models[method], folder)
+    TAMPERINGS[kind](folder)
+    rc = main(["export", str(folder), "-o", str(tmp_path / "m.onnx"), "--no-check"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("conceal: error: ") and "Traceback" not in err, err
+    assert not (tmp_path / "m.onnx").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..config import RunConfig, from_dict, save_toml, to_dict
@@ -140,25 +141,73 @@ def model_dir(path: str | Path) -> Path:
     raise CheckpointError(f"no model found at {path} (expected model.json + model.safetensors, or a run directory)")
 
 
+# model.json key -> (type, what it must be): checked on every read, so a tampered file fails in one line
+INFO_FIELDS = {"method": (str, "a method name"), "model_config": (dict, "a table of settings"),
+               "schema": (list, "a list of labels"), "image_size": (int, "a number of pixels")}
+
+
 def read_model_info(path: str | Path) -> dict:
+    """model.json of the model at ``path``, its format and the types of the keys loading needs checked."""
     directory = model_dir(path)
+    where = directory / "model.json"
     try:
-        info = json.loads((directory / "model.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{directory / 'model.json'} is not valid JSON: {e}") from None
-    if info.get("format") != FORMAT:
-        raise CheckpointError(f"{directory} is not a conceal model (format {info.get('format')!r}, expected {FORMAT})")
+        info = json.loads(where.read_bytes().decode("utf-8"))
+    except (ValueError, OSError) as e:  # JSON and UTF-8 errors are ValueErrors; a folder named model.json, OSError
+        raise CheckpointError(f"{where} is not a readable JSON file ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise CheckpointError(f"{directory} is not a conceal model (format {got!r}, expected {FORMAT})")
+    for key, (kind, what) in INFO_FIELDS.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise CheckpointError(f"{where}: {key} must be {what}, not {info.get(key)!r}")
     return info
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors as name -> tensor, or one line saying why it cannot be read."""
+    try:
+        return load_file(directory / "model.safetensors")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'model.safetensors'} is not a readable safetensors file "
+                              f"(truncated or corrupt? {' '.join(str(e).split())[:120]})") from None
+
+
+def check_weights(directory: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    """The saved tensors must be exactly the network's (names, shapes) and finite: a file that loads
+    "mostly" would release black or garbage images instead of failing."""
+    where = directory / "model.safetensors"
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        parts = ([f"missing {len(missing)} tensor(s) ({', '.join(missing[:3])})"] if missing else []) + (
+            [f"{len(extra)} unexpected tensor(s) ({', '.join(extra[:3])})"] if extra else [])
+        raise CheckpointError(f"{where} does not fit the network model.json describes: {'; '.join(parts)}")
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(found[name].shape)}, the network "
+                                  f"model.json describes needs {tuple(tensor.shape)}")
+        if found[name].is_floating_point() and not torch.isfinite(found[name]).all():
+            raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Rebuild a method from model.json and load its safetensors weights (no code is executed)."""
     directory = model_dir(path)
     info = read_model_info(directory)
-    cls = method_class(info["method"])
-    cfg = from_dict(cls.Config, info["model_config"], "model")
-    method = build_method(info["method"], cfg, LabelSchema.from_json(info["schema"]), info["image_size"])
-    method.load_state_dict(load_file(directory / "model.safetensors"))
+    try:
+        cls = method_class(info["method"])
+        cfg = from_dict(cls.Config, info["model_config"], "model")
+        try:
+            schema = LabelSchema.from_json(info["schema"])
+        except (KeyError, TypeError, AttributeError) as e:  # an entry without name/kind, or not a table
+            raise ValueError(f"schema: every label must be a table with a name and a kind ({type(e).__name__}: {e})") from None
+        if info["image_size"] < 8:
+            raise ValueError(f"image_size must be at least 8, not {info['image_size']}")
+        method = build_method(info["method"], cfg, schema, info["image_size"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ConfigError and LabelError are ValueErrors
+        raise CheckpointError(f"{directory / 'model.json'}: {e.args[0] if e.args else type(e).__name__}") from None
+    weights = read_weights(directory)
+    check_weights(directory, method.state_dict(), weights)
+    method.load_state_dict(weights)
     return method.to(device).eval()
 
 
