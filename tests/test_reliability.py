@@ -372,3 +372,16 @@ def test_a_checkpoint_being_written_is_not_loaded(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "checkpoint", run / ".checkpoint.tmp")
     (run / ".checkpoint.tmp" / "train_state.json").unlink()  # the run died while writing it
     assert model_dir(run) == run / ".checkpoint.old"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(path, **arrays):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(np, "savez", full)
+    rc = main(["encode", str(tiny_run), str(tiny_run / "loss_curves.png"), "-o", str(tmp_path / "codes.npz")])
+    assert "no space left on device" in one_line_error(capsys, rc)
+    assert list(tmp_path.iterdir()) == []
