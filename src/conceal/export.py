@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -176,19 +177,24 @@ def export_onnx(method: Method, path: str | Path, opset: int = OPSET) -> Path:
         raise ExportError("ONNX export needs the export extra: pip install 'conceal[export]'") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    _export(method, str(tmp), opset)
-    proto = onnx.load(str(tmp))
-    meta = {
-        "conceal.method": method.name,
-        "conceal.image_size": str(method.image_size),
-        "conceal.inputs": json.dumps(describe_inputs(method)),
-        "conceal.outputs": json.dumps(output_names(method)),
-    }
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder: give the .onnx file's name")
+    tmp = path.with_name(f".{path.name[:32]}.{os.getpid()}.tmp")  # short: a long output name still fits
+    try:
+        _export(method, str(tmp), opset)
+        proto = onnx.load(str(tmp))
+        meta = {
+            "conceal.method": method.name,
+            "conceal.image_size": str(method.image_size),
+            "conceal.inputs": json.dumps(describe_inputs(method)),
+            "conceal.outputs": json.dumps(output_names(method)),
+        }
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
     return path
 
 
