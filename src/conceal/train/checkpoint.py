@@ -147,7 +147,7 @@ INFO_FIELDS = {"method": (str, "a method name"), "model_config": (dict, "a table
 
 
 def read_model_info(path: str | Path) -> dict:
-    """model.json of the model at ``path``, its format and the types of the keys loading needs checked."""
+    """model.json of the model at ``path``: readable JSON in the conceal format (``load_model`` checks the rest)."""
     directory = model_dir(path)
     where = directory / "model.json"
     try:
@@ -157,9 +157,6 @@ def read_model_info(path: str | Path) -> dict:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         got = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise CheckpointError(f"{directory} is not a conceal model (format {got!r}, expected {FORMAT})")
-    for key, (kind, what) in INFO_FIELDS.items():
-        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
-            raise CheckpointError(f"{where}: {key} must be {what}, not {info.get(key)!r}")
     return info
 
 
@@ -193,6 +190,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Rebuild a method from model.json and load its safetensors weights (no code is executed)."""
     directory = model_dir(path)
     info = read_model_info(directory)
+    for key, (kind, what) in INFO_FIELDS.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            raise CheckpointError(f"{directory / 'model.json'}: {key} must be {what}, not {info.get(key)!r}")
     try:
         cls = method_class(info["method"])
         cfg = from_dict(cls.Config, info["model_config"], "model")
