@@ -55,6 +55,8 @@ def test_the_readme_has_commands():
 def test_every_readme_command_is_valid(argv):
     if argv[0] == "conceal":
         build_parser().parse_args(argv[1:])  # a flag the CLI no longer has fails here (SystemExit)
+    elif argv[:2] == ["python", "-c"]:
+        compile(argv[2], "README", "exec")
     elif argv[0] == "python":
         assert argv[1] == "-c" or (REPO / argv[1]).is_file(), f"{argv[1]} does not exist"
     elif argv[0] == "curl" or argv[:2] == [".venv/bin/pip", "install"]:
@@ -67,6 +69,12 @@ def test_every_readme_command_is_valid(argv):
         assert re.search(rf"^{argv[1]}:", (REPO / "Makefile").read_text(), flags=re.M), f"no make target {argv[1]}"
     elif argv[:2] == [".", ".venv/bin/activate"]:
         assert "venv" in (REPO / "Makefile").read_text()  # the Makefile makes .venv
+    elif argv[:3] == [".venv/bin/pip", "install", "-e"]:
+        extras = re.fullmatch(r"\.\[(.+)\]", argv[3]).group(1).split(",")
+        pyproject = (REPO / "pyproject.toml").read_text()
+        assert all(re.search(rf"^{e} = ", pyproject, flags=re.M) for e in extras), f"an extra of {argv[3]} is not in pyproject.toml"
+    elif argv[0] == "curl":
+        pytest.skip("needs a running `conceal serve`: tests/test_service.py runs the README's curl lines")
     else:
         pytest.fail(f"a command the test does not know: {argv}")
 
