@@ -59,7 +59,11 @@ def test_every_readme_command_is_valid(argv):
         compile(argv[2], "README", "exec")
     elif argv[0] == "python":
         assert argv[1] == "-c" or (REPO / argv[1]).is_file(), f"{argv[1]} does not exist"
-    elif argv[0] == "curl" or argv[:2] == [".venv/bin/pip", "install"]:
+    elif argv[:3] == [".venv/bin/pip", "install", "-e"]:
+        extras = re.fullmatch(r"\.\[(.+)\]", argv[3]).group(1).split(",")
+        pyproject = (REPO / "pyproject.toml").read_text()
+        assert all(re.search(rf"^{e} = ", pyproject, flags=re.M) for e in extras), f"an extra of {argv[3]} is not in pyproject.toml"
+    elif argv[0] == "curl":
         pass  # the serve section's: tests/test_service_page.py runs its curl lines against a live `conceal serve`
     elif argv[0] == "torchrun":  # torchrun [its flags] -m conceal ARGS: the ARGS must parse
         module = argv.index("-m")
@@ -69,12 +73,6 @@ def test_every_readme_command_is_valid(argv):
         assert re.search(rf"^{argv[1]}:", (REPO / "Makefile").read_text(), flags=re.M), f"no make target {argv[1]}"
     elif argv[:2] == [".", ".venv/bin/activate"]:
         assert "venv" in (REPO / "Makefile").read_text()  # the Makefile makes .venv
-    elif argv[:3] == [".venv/bin/pip", "install", "-e"]:
-        extras = re.fullmatch(r"\.\[(.+)\]", argv[3]).group(1).split(",")
-        pyproject = (REPO / "pyproject.toml").read_text()
-        assert all(re.search(rf"^{e} = ", pyproject, flags=re.M) for e in extras), f"an extra of {argv[3]} is not in pyproject.toml"
-    elif argv[0] == "curl":
-        pytest.skip("needs a running `conceal serve`: tests/test_service.py runs the README's curl lines")
     else:
         pytest.fail(f"a command the test does not know: {argv}")
 
