@@ -153,7 +153,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     unknown = set(data) - names
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"unknown config key '{where + '.' if where else ''}{key}'; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key {(where + '.' if where else '') + key!r}; known: {', '.join(sorted(names))}")  # repr: a key may hold a newline
     kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     for f in dataclasses.fields(cls):
