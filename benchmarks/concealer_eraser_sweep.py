@@ -49,7 +49,7 @@ for rank in ranks:
     codes = erase(raw_val, mean, projection)
     with torch.inference_mode():
         labels = {n: torch.from_numpy(val.labels[n]) for n in schema.names}
-        recon = model.vae.decode(torch.from_numpy(codes), labels).permute(0, 2, 3, 1).numpy()
+        recon = model.method.decode(torch.from_numpy(codes), labels).permute(0, 2, 3, 1).numpy()
     mse = ((recon - val.images / 255.0) ** 2).mean(axis=(1, 2, 3))
     print(f"rank {rank:2d}: gender bal. acc {attack(codes, 'gender')} | race macro-AUC {attack(codes, 'race')} | "
           f"val PSNR {np.mean(10 * np.log10(1 / mse)):.2f} dB", flush=True)

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic data and one tiny trained model, made once per session."""
+"""Shared fixtures and fakes: small synthetic data and the registry's tiny models, made once per session."""
 
 from __future__ import annotations
 
@@ -47,27 +47,42 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     ])
 
 
+def build_tiny(name: str, schema, size: int = 32):
+    """A fresh ``name`` model of its ``Config.tiny()`` (the smallest config with every loss term on)."""
+    from conceal.methods import build_method, method_class
+
+    return build_method(name, method_class(name).Config.tiny(), schema, size)
+
+
 @pytest.fixture(scope="session")
-def tiny_saved_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
-    """method name -> a model directory holding an untrained tiny model of it (test_methods' TINY configs).
+def tiny_method():
+    """``tiny_method(name, schema, size=32)``: a fresh tiny model of a registered method."""
+    return build_tiny
 
-    Saved with the checkpoint code, not trained: enough for export, apply and benchmarks, in milliseconds.
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
+    """method name -> the model directory of its tiny() model, trained for two steps through the one loop.
+
+    Built once per session for every registered method: enough for export, apply, erase, benchmarks and
+    audit smoke tests, in about a second.
     """
-    from test_methods import tiny_method
-
-    from conceal.config import RunConfig
+    from conceal.config import RunConfig, TrainConfig
     from conceal.methods import METHODS
-    from conceal.train.checkpoint import write_model_files
+    from conceal.modelfile import write_model_files
+    from conceal.train import fit
 
     root = tmp_path_factory.mktemp("tiny_models")
     out = {}
     for name in METHODS:
         torch.manual_seed(0)
-        method = tiny_method(name, synthetic_small.schema).eval()
-        cfg = RunConfig(method=name, model=method.cfg)
-        cfg.data.size = method.image_size
+        method = build_tiny(name, synthetic_small.schema)
+        cfg = RunConfig(method=name, model=method.cfg, train=TrainConfig(epochs=1, batch_size=16, progress=False, threads=1))
+        cfg.data.size, cfg.data.synthetic_n, cfg.data.synthetic_seed = method.image_size, 600, 1  # synthetic_small
+        fit(method, synthetic_small.subset("train"), synthetic_small.subset("val"), cfg, root / "runs" / name,
+            stop_after_steps=2, log=lambda *_: None)
         (root / name).mkdir()
-        write_model_files(root / name, method, cfg)
+        write_model_files(root / name, method.eval(), cfg)  # a model directory named after its method
         out[name] = root / name
     return out
 

@@ -17,12 +17,12 @@ from sklearn.preprocessing import StandardScaler
 
 from conceal.audit.attackers import split_halves
 from conceal.cli import main
-from conceal.config import RunConfig, TrainConfig
+from conceal.config import ConfigError, RunConfig, TrainConfig
 from conceal.data.synthetic import SyntheticFaces
 from conceal.methods import load_api
 from conceal.methods.anonymizer import AIA, Anonymizer, AnonymizerConfig, contrastive_loss, pair_masks, random_baseline
 from conceal.train import fit
-from conceal.train.checkpoint import write_model_files
+from conceal.modelfile import write_model_files
 from conceal.train.loop import make_batch
 
 SMALL = dict(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16, embedding=8)
@@ -129,7 +129,8 @@ def test_api_and_generic_checkpoint(synthetic_small, tmp_path):
     assert model.encode(images[:0]).shape == (0, 16) and model.apply(images[:0]).shape == (0, 32, 32, 3)
     with pytest.raises(ValueError):
         model.encode(np.zeros((2, 64, 64, 3), np.uint8))
-    with pytest.raises(TypeError):  # the CLI turns this into "--as is not an option"
+    assert model.apply_options == ()  # the CLI refuses --as for it
+    with pytest.raises(ConfigError, match="as_ is not an apply option of anonymizer models"):
         model.check_options(as_={"gender": "female"})
 
 

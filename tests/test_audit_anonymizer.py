@@ -299,7 +299,7 @@ def test_identity_section_with_a_stand_in_judge(tiny_anonymizer, tmp_path):
     from conceal.audit import load_test_split
     from conceal.audit.anonymizer import audit_anonymizer
     from conceal.audit.report import render_markdown, to_plain
-    from conceal.train.checkpoint import read_model_info
+    from conceal.modelfile import read_model_info
 
     test = load_test_split(read_model_info(tiny_anonymizer), "synthetic", None, 40, 0, log=lambda _: None)
     sections = audit_anonymizer(tiny_anonymizer, test, tmp_path, judges={"face_embedding": FakeEmbedding(), "age_gender": Undecided()}, identity_faces=5,

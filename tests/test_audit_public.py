@@ -73,10 +73,8 @@ def test_lfw_splits_never_put_a_person_on_two_sides():
 
 
 @pytest.fixture(scope="module")
-def registered_models(tmp_path_factory):
+def registered_models(tmp_path_factory, tiny_method):
     """method name -> an untrained tiny model of every registered method, saved as trained on 600 synthetic faces."""
-    from test_methods import tiny_method
-
     from conceal.config import RunConfig
     from conceal.data.synthetic import SyntheticFaces
     from conceal.methods import METHODS

@@ -57,23 +57,23 @@ def test_apply_on_the_fastest_backend_matches_torch_within_one_level(name):
         assert off.any(axis=3).mean() < 1e-3
 
 
-def test_without_onnxruntime_apply_falls_back_to_torch(tiny_saved_models, monkeypatch):
+def test_without_onnxruntime_apply_falls_back_to_torch(tiny_models, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else find_spec(n, *a))
-    model = load_api(tiny_saved_models["masker"], fold_batch_norm=True, backend="auto")
+    model = load_api(tiny_models["masker"], fold_batch_norm=True, backend="auto")
     assert model.backend == "torch" and model.onnx is None
     images = faces(model.image_size, 3)
     assert model.apply(images).shape == images.shape
 
 
-def test_concealer_stays_on_torch(tiny_saved_models):
-    assert load_api(tiny_saved_models["concealer"], fold_batch_norm=True, backend="auto").backend == "torch"
+def test_concealer_stays_on_torch(tiny_models):
+    assert load_api(tiny_models["concealer"], fold_batch_norm=True, backend="auto").backend == "torch"
 
 
-def test_tiny_anonymizer_rewrite_keeps_the_release(tiny_saved_models):
-    plain = load_api(tiny_saved_models["anonymizer"])
+def test_tiny_anonymizer_rewrite_keeps_the_release(tiny_models):
+    plain = load_api(tiny_models["anonymizer"])
     method = copy.deepcopy(plain.method)
     assert fold_for_inference(method) >= 1  # its decoder's narrow convs follow nearest upsamplings
     images = faces(plain.image_size, 4)
-    fast = load_api(tiny_saved_models["anonymizer"], fold_batch_norm=True, backend="onnxruntime")
+    fast = load_api(tiny_models["anonymizer"], fold_batch_norm=True, backend="onnxruntime")
     assert np.abs(fast.apply(images).astype(int) - plain.apply(images).astype(int)).max() <= 1

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conceal.cli import DefaultsFormatter, build_parser
+from conceal.methods import method_names
 
 
 def subparsers(parser: argparse.ArgumentParser, prefix: str = "conceal"):
@@ -38,18 +39,19 @@ def test_every_argument_has_help_and_shows_its_default(parser, action):
         assert "default" in shown, f"help does not say the default: {shown!r}"
 
 
-def test_the_train_flags_state_the_method_defaults_they_override():
-    """--latent/--alpha/--beta/--keep name the defaults of their method's Config; keep them in step."""
-    from conceal.cli import TRAIN_FLAGS
-    from conceal.methods.anonymizer import AnonymizerConfig
-    from conceal.methods.concealer import ConcealerConfig
-    from conceal.methods.masker import MaskerConfig
+@pytest.mark.parametrize("name", method_names())
+def test_each_method_offers_its_own_train_options_with_their_defaults(name):
+    """`conceal train METHOD` gains the options the method declares (Method.cli_options), each saying its default."""
+    from conceal.cli import add_method_options
+    from conceal.methods import method_class
 
-    train = next(p for c, p in subparsers(build_parser()) if c == "conceal train")
+    cls = method_class(name)
+    train = next(p for c, p in subparsers(build_parser()) if c == f"conceal train {name}")
+    add_method_options(train, name)
     helps = {a.dest: a.help for a in train._actions}
-    for flag, cls in (("latent", ConcealerConfig), ("alpha", AnonymizerConfig), ("beta", AnonymizerConfig), ("keep", MaskerConfig)):
-        key = TRAIN_FLAGS[flag].split(".")[1]
-        assert f"default {getattr(cls, key)}" in helps[flag], flag
+    for field in cls.cli_options:
+        assert f"else {getattr(cls.Config(), field)})" in helps[field], field
+    assert cls.cli_options, "a method with no train options of its own"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["apply", "--crop", "2"], ["train", "nomethod", "-o", "x"]])

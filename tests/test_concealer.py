@@ -165,7 +165,7 @@ def test_conceal_erase_cli_writes_a_model_that_reloads(tiny_model_dir, tmp_path)
     out = tmp_path / "erased"
     assert main(["erase", str(tiny_model_dir), "-o", str(out), "--covariance-rank", "2"]) == 0
     model = Concealer.load(out)
-    assert model.vae.cfg.eraser_rank > 0
+    assert model.method.cfg.eraser_rank > 0
     images = SyntheticFaces(n=4, seed=9, size=32).arrays().images
     codes = model.encode(images)
     assert np.array_equal(codes, Concealer.load(out).encode(images))
@@ -191,4 +191,4 @@ def test_training_from_an_erased_model_adapts_only_the_decoder(tiny_model_dir, t
         if name.startswith(("encoder.", "to_moments.", "eraser.")):
             assert same, f"{name} moved"
     assert not all(torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
-    assert Concealer.load(run).vae.cfg.eraser_rank == Concealer.load(erased).vae.cfg.eraser_rank
+    assert Concealer.load(run).method.cfg.eraser_rank == Concealer.load(erased).method.cfg.eraser_rank

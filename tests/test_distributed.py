@@ -41,18 +41,16 @@ def _fit_rank(rank: int, world: int, port: int, run_dir: str, steps: int, resume
     """One training process, as torchrun would start it: the environment, then fit()."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from test_methods import TINY, tiny_method
-
     from conceal.config import RunConfig, TrainConfig
     from conceal.data.synthetic import SyntheticFaces
-    from conceal.methods import METHODS
+    from conceal.methods import METHODS, build_method
     from conceal.train import fit
 
     data = SyntheticFaces(n=200, seed=1, size=32).arrays()
     cfg = RunConfig(method="masker", train=TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", seed=0))
-    cfg.data.size, cfg.model = 32, METHODS["masker"].Config(**TINY["masker"])
+    cfg.data.size, cfg.model = 32, METHODS["masker"].Config.tiny()
     torch.manual_seed(rank + 100)  # different initial weights per process: the broadcast must make them rank 0's
-    method = tiny_method("masker", data.schema)
+    method = build_method("masker", METHODS["masker"].Config.tiny(), data.schema, 32)
     state = fit(method, data.subset("train"), data.subset("val"), cfg, run_dir, resume=resume, stop_after_steps=steps, log=lambda *_: None)
     from safetensors.torch import save_file
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_methods import tiny_method
 
 from conceal.cli import main
 from conceal.export import api_inputs, example_inputs, export_onnx, graph_of, input_names, max_difference, onnx_session
@@ -38,7 +37,7 @@ def calibrated(method):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_onnxruntime_matches_torch(name, synthetic_small, tmp_path):
+def test_onnxruntime_matches_torch(name, synthetic_small, tmp_path, tiny_method):
     torch.manual_seed(0)
     method = calibrated(tiny_method(name, synthetic_small.schema))
     path = export_onnx(method, tmp_path / f"{name}.onnx")
@@ -53,8 +52,8 @@ def test_onnxruntime_matches_torch(name, synthetic_small, tmp_path):
         assert max_difference(method, session, batch=batch) < TOLERANCE
 
 
-def test_concealer_graph_renders_the_attributes_like_the_api(tiny_saved_models, synthetic_small, tmp_path):
-    model = load_api(tiny_saved_models["concealer"])
+def test_concealer_graph_renders_the_attributes_like_the_api(tiny_models, synthetic_small, tmp_path):
+    model = load_api(tiny_models["concealer"])
     path = export_onnx(model.method, tmp_path / "c.onnx")
     images = synthetic_small.images[:4]
     as_ = {"gender": "female", "age": 40}  # race unspecified
@@ -66,9 +65,9 @@ def test_concealer_graph_renders_the_attributes_like_the_api(tiny_saved_models, 
     assert np.abs(as_uint8 - model.apply(images, as_=as_)).max() <= 1  # rounding to uint8 is the caller's
 
 
-def test_export_cli_writes_a_self_describing_model(tiny_saved_models, tmp_path, capsys):
+def test_export_cli_writes_a_self_describing_model(tiny_models, tmp_path, capsys):
     out = tmp_path / "deploy" / "masker.onnx"
-    assert main(["export", str(tiny_saved_models["masker"]), "-o", str(out)]) == 0
+    assert main(["export", str(tiny_models["masker"]), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "onnxruntime vs torch" in printed
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -84,12 +83,12 @@ def test_export_cli_bad_model_is_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_graph_outputs_are_the_release(tiny_saved_models, synthetic_small):
+def test_graph_outputs_are_the_release(tiny_models, synthetic_small):
     """The exported graph computes exactly what the method's forward releases."""
-    from conceal.train.checkpoint import load_model
+    from conceal.methods import load_model
 
     for name in ("masker", "anonymizer"):
-        method = load_model(tiny_saved_models[name])
+        method = load_model(tiny_models[name])
         x = example_inputs(method, 2)["images"]
         with torch.no_grad():
             released = graph_of(method)(x)

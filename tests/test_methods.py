@@ -9,29 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from conceal.config import ConfigError, RunConfig, TrainConfig
-from conceal.methods import METHODS, build_method
-from conceal.train import fit, load_model
+from conceal.methods import METHODS, build_method, load_model
+from conceal.train import fit
 from conceal.train.loop import epoch_order, make_batch
-
-# The smallest config of each method that still switches on every loss term.
-TINY = {
-    "concealer": dict(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0),
-    "masker": dict(task="smile", masker_width=4, classifier_width=4, dense=8),
-    # pretrain_steps=0: step 0 already fine-tunes, so the adversarial and Siamese terms reach the encoder.
-    "anonymizer": dict(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16, embedding=8, pretrain_steps=0),
-}
-
-
-def tiny_method(name, schema, size=32):
-    return build_method(name, METHODS[name].Config(**TINY[name]), schema, size)
-
-
-def test_every_method_has_a_tiny_config():
-    assert set(TINY) == set(METHODS)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_training_step_is_finite_and_reaches_every_parameter(name, synthetic_small):
+def test_training_step_is_finite_and_reaches_every_parameter(name, synthetic_small, tiny_method):
     torch.manual_seed(0)
     method = tiny_method(name, synthetic_small.schema)
     optimizers = method.configure_optimizers(1e-3)
@@ -47,9 +31,9 @@ def test_training_step_is_finite_and_reaches_every_parameter(name, synthetic_sma
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_save_load_reproduces_outputs(name, synthetic_small, tmp_path):
+def test_save_load_reproduces_outputs(name, synthetic_small, tmp_path, tiny_method):
     cfg = RunConfig(method=name, train=TrainConfig(epochs=1, batch_size=32, progress=False))
-    cfg.data.size, cfg.model = 32, METHODS[name].Config(**TINY[name])
+    cfg.data.size, cfg.model = 32, METHODS[name].Config.tiny()
     data = synthetic_small
     method = tiny_method(name, data.schema)
     fit(method, data.subset("train"), data.subset("val"), cfg, tmp_path, log=lambda *_: None)
@@ -61,7 +45,7 @@ def test_save_load_reproduces_outputs(name, synthetic_small, tmp_path):
         assert torch.equal(method(batch["image"], labels), loaded(batch["image"], labels))
 
 
-def test_shapes_of_concealer(synthetic_small):
+def test_shapes_of_concealer(synthetic_small, tiny_method):
     method = tiny_method("concealer", synthetic_small.schema)
     x = torch.rand(4, 3, 32, 32)
     mu, logvar = method.encode(x)
@@ -71,10 +55,10 @@ def test_shapes_of_concealer(synthetic_small):
     assert out.shape == (4, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
 
 
-def test_resume_reproduces_the_uninterrupted_run(synthetic_small, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(synthetic_small, tmp_path, tiny_method):
     def run(directory, stop_after=None, resume=False):
         cfg = RunConfig(method="concealer", train=TrainConfig(epochs=2, batch_size=32, progress=False, seed=3))
-        cfg.data.size, cfg.model = 32, METHODS["concealer"].Config(**TINY["concealer"])
+        cfg.data.size, cfg.model = 32, METHODS["concealer"].Config.tiny()
         torch.manual_seed(123)  # model init; a resumed run overwrites weights from the checkpoint anyway
         method = tiny_method("concealer", synthetic_small.schema)
         return fit(method, synthetic_small.subset("train"), synthetic_small.subset("val"), cfg, directory,
@@ -116,13 +100,13 @@ def test_epoch_order_groups_faces_of_one_person(synthetic_small):
             TrainConfig(faces_per_identity=bad)
 
 
-def test_init_weights_copies_what_fits_and_names_the_rest(tiny_saved_models, synthetic_small):
+def test_init_weights_copies_what_fits_and_names_the_rest(tiny_models, synthetic_small, tiny_method):
     from conceal.train import init_weights
 
-    saved = load_file(tiny_saved_models["anonymizer"] / "model.safetensors")
-    cfg = METHODS["anonymizer"].Config(**(TINY["anonymizer"] | {"siamese_widths": (4, 4, 4)}))  # a different utility network
+    saved = load_file(tiny_models["anonymizer"] / "model.safetensors")
+    cfg = dataclasses.replace(METHODS["anonymizer"].Config.tiny(), siamese_widths=(4, 4, 4))  # a different utility network
     method = build_method("anonymizer", cfg, synthetic_small.schema, 32)
-    line = init_weights(method, tiny_saved_models["anonymizer"])
+    line = init_weights(method, tiny_models["anonymizer"])
     assert "freshly initialised" in line and line.endswith(": siamese")
     own = method.state_dict()
     assert all(torch.equal(own[k], v) for k, v in saved.items() if not k.startswith("siamese."))
@@ -130,14 +114,14 @@ def test_init_weights_copies_what_fits_and_names_the_rest(tiny_saved_models, syn
     same_shape = [k for k in own if k.startswith("siamese.") and own[k].shape == saved[k].shape]
     assert same_shape and not any(torch.equal(own[k], saved[k]) for k in same_shape)
     with pytest.raises(ConfigError, match="none of its weights fit"):
-        init_weights(tiny_method("masker", synthetic_small.schema), tiny_saved_models["anonymizer"])
+        init_weights(tiny_method("masker", synthetic_small.schema), tiny_models["anonymizer"])
 
 
 CODE_RELEASING = sorted(name for name, cls in METHODS.items() if "codes" in cls.releases)
 
 
 @pytest.mark.parametrize("name", CODE_RELEASING)
-def test_conceal_erase_fits_an_eraser_that_reloads(name, tiny_saved_models, synthetic_small, tmp_path):
+def test_conceal_erase_fits_an_eraser_that_reloads(name, tiny_models, synthetic_small, tmp_path):
     """`conceal erase` on any code-releasing method: a low-rank eraser, saved and reloaded exactly, and a
     linear attacker fitted on the erased training codes does no better than chance on its own data."""
     from sklearn.linear_model import LogisticRegression
@@ -147,9 +131,9 @@ def test_conceal_erase_fits_an_eraser_that_reloads(name, tiny_saved_models, synt
     from conceal.methods import load_api
 
     out = tmp_path / "erased"
-    rc = main(["erase", str(tiny_saved_models[name]), "--dataset", "synthetic", "-o", str(out)])
+    rc = main(["erase", str(tiny_models[name]), "--dataset", "synthetic", "-o", str(out)])
     assert rc == 0
-    before, after = load_api(tiny_saved_models[name]), load_api(out)
+    before, after = load_api(tiny_models[name]), load_api(out)
     assert 0 < after.method.cfg.eraser_rank < after.method.code_dim
     train = synthetic_small.subset("train")
     images = train.images[:64]
@@ -161,10 +145,10 @@ def test_conceal_erase_fits_an_eraser_that_reloads(name, tiny_saved_models, synt
     assert balanced_accuracy_score(gender, clf.predict(codes)) < 0.6
 
 
-def test_erase_refuses_a_model_without_codes(tiny_saved_models, tmp_path, capsys):
+def test_erase_refuses_a_model_without_codes(tiny_models, tmp_path, capsys):
     from conceal.cli import main
 
-    assert main(["erase", str(tiny_saved_models["masker"]), "-o", str(tmp_path / "x")]) == 2
+    assert main(["erase", str(tiny_models["masker"]), "-o", str(tmp_path / "x")]) == 2
     assert "releases images, not codes" in capsys.readouterr().err
 
 
@@ -189,7 +173,7 @@ def _conv_bn_pairs(module) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_fold_batch_norm_keeps_the_release(name, synthetic_small):
+def test_fold_batch_norm_keeps_the_release(name, synthetic_small, tiny_method):
     """Folding every (conv, BN) pair of a method's release graph changes its outputs by float rounding only,
     leaves no BatchNorm2d in the folded Sequentials and keeps the conv weights channels_last."""
     import copy
@@ -222,7 +206,7 @@ def test_fold_batch_norm_keeps_the_release(name, synthetic_small):
     assert fold_batch_norm(folded) == 0  # nothing left to fold
 
 
-def test_fold_batch_norm_refuses_a_training_module(synthetic_small):
+def test_fold_batch_norm_refuses_a_training_module(synthetic_small, tiny_method):
     from conceal.methods.blocks import fold_batch_norm
 
     method = tiny_method("concealer", synthetic_small.schema).train()
@@ -235,11 +219,11 @@ def test_fold_batch_norm_refuses_a_training_module(synthetic_small):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_folded_api_applies_like_the_unfolded_one_and_cannot_be_saved(name, tiny_saved_models, synthetic_small, tmp_path):
+def test_folded_api_applies_like_the_unfolded_one_and_cannot_be_saved(name, tiny_models, synthetic_small, tmp_path):
     from conceal.methods import load_api
-    from conceal.train.checkpoint import CheckpointError, write_model_files
+    from conceal.modelfile import ModelFileError as CheckpointError, write_model_files
 
-    plain, folded = load_api(tiny_saved_models[name]), load_api(tiny_saved_models[name], fold_batch_norm=True)
+    plain, folded = load_api(tiny_models[name]), load_api(tiny_models[name], fold_batch_norm=True)
     assert _conv_bn_pairs(folded.method) == 0
     images = synthetic_small.images[:8]
     a, b = plain.apply(images).astype(int), folded.apply(images).astype(int)

@@ -50,19 +50,19 @@ def test_detector_min_and_max_faces(detector, astronaut):
     assert len(detector(astronaut, max_faces=0)) == 0
 
 
-def test_no_face_photo_is_returned_unchanged(tiny_saved_models, detector):
+def test_no_face_photo_is_returned_unchanged(tiny_models, detector):
     from conceal.methods import load_api
 
     coffee = skimage_data.coffee()
-    out, faces = conceal_photo(load_api(tiny_saved_models["masker"]), coffee, detector=detector)
+    out, faces = conceal_photo(load_api(tiny_models["masker"]), coffee, detector=detector)
     assert faces == [] and np.array_equal(out, coffee) and out is not coffee
 
 
 @pytest.mark.parametrize("method", ["concealer", "masker", "anonymizer"])
-def test_conceal_photo_changes_only_the_face(tiny_saved_models, detector, astronaut, method):
+def test_conceal_photo_changes_only_the_face(tiny_models, detector, astronaut, method):
     from conceal.methods import load_api
 
-    model = load_api(tiny_saved_models[method])
+    model = load_api(tiny_models[method])
     out, faces = conceal_photo(model, astronaut, detector=detector)
     assert out.shape == astronaut.shape and out.dtype == np.uint8 and len(faces) == 1
     changed = (out != astronaut).any(2)
@@ -74,11 +74,11 @@ def test_conceal_photo_changes_only_the_face(tiny_saved_models, detector, astron
     assert xs.min() >= x0 - 0.5 * w and xs.max() <= x1 + 0.5 * w and ys.min() >= y0 - 0.5 * h and ys.max() <= y1 + 0.5 * h
 
 
-def test_no_detect_replaces_the_centre_crop(tiny_saved_models, astronaut):
+def test_no_detect_replaces_the_centre_crop(tiny_models, astronaut):
     from conceal.methods import load_api
 
     photo = astronaut[:, :400]  # 512 x 400: the centre square is 400 x 400 at rows 56..456
-    out, faces = conceal_photo(load_api(tiny_saved_models["concealer"]), photo, detect=False, crop=1.0)
+    out, faces = conceal_photo(load_api(tiny_models["concealer"]), photo, detect=False, crop=1.0)
     assert out.shape == photo.shape and faces[0]["box"] == [0.0, 56.0, 400.0, 456.0]
     assert np.array_equal(out[:56], photo[:56]) and np.array_equal(out[456:], photo[456:])
 

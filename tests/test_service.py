@@ -40,8 +40,8 @@ def jpeg_bytes(height: int = 61, width: int = 97, exif: bool = False, seed: int 
 
 
 @pytest.fixture(scope="module")
-def served(tiny_saved_models) -> dict[str, ServedModel]:
-    return load_models([tiny_saved_models[m] for m in ("concealer", "masker", "anonymizer")])
+def served(tiny_models) -> dict[str, ServedModel]:
+    return load_models([tiny_models[m] for m in ("concealer", "masker", "anonymizer")])
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +135,10 @@ def cli_error(capsys, model_dir, tmp_path, as_text: str) -> str:
     ("concealer", "age=200"), ("concealer", "gender=robot"), ("concealer", "race=7"), ("concealer", "shoe=42"),
     ("concealer", "age"), ("masker", "gender=female"), ("anonymizer", "age=40"),
 ])
-def test_bad_attributes_get_422_with_the_clis_line(client, tiny_saved_models, capsys, tmp_path, model, as_text):
+def test_bad_attributes_get_422_with_the_clis_line(client, tiny_models, capsys, tmp_path, model, as_text):
     response = post(client, jpeg_bytes(), model=model, **{"as": as_text})
     assert response.status_code == 422
-    assert response.json() == {"error": cli_error(capsys, tiny_saved_models[model], tmp_path, as_text)}
+    assert response.json() == {"error": cli_error(capsys, tiny_models[model], tmp_path, as_text)}
 
 
 @pytest.mark.parametrize(("fields", "status", "message"), [

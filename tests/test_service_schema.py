@@ -12,10 +12,10 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def app(tiny_saved_models):
+def app(tiny_models):
     from conceal.service import Limits, create_app, load_models
 
-    models = load_models([tiny_saved_models[m] for m in ("concealer", "masker")])
+    models = load_models([tiny_models[m] for m in ("concealer", "masker")])
     return create_app(models, Limits(max_upload_bytes=256 * 1024, max_pixels=250_000))
 
 

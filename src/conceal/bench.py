@@ -201,7 +201,8 @@ def peak_difference(before: MatmulPeak, after: MatmulPeak) -> float:
 
 def find_models(cfg: BenchConfig, work: Path) -> tuple[list[BenchModel], str]:
     """The shipped (or given) models, else a fresh default-config model of each method; and a note saying which."""
-    from .train.checkpoint import load_model, write_model_files
+    from .methods import load_model
+    from .modelfile import write_model_files
 
     dirs = [Path(m) for m in cfg.models]
     if not dirs and Path(cfg.models_root).is_dir():
@@ -389,13 +390,12 @@ def make_photos(folder: Path, n: int, side: int, distinct: int = 64) -> Path:
     return folder
 
 
-def time_apply(model_dir: Path, photos: Path, out: Path) -> float:
-    """Seconds of `conceal apply MODEL PHOTOS -o OUT`, run in process through the CLI's own entry point."""
-    from .cli import main
-
+def time_apply(model_dir: Path, photos: Path, out: Path, cli_main) -> float:
+    """Seconds of `conceal apply MODEL PHOTOS -o OUT`, run in process through the CLI's own entry point
+    ``cli_main`` (``conceal.cli.main``, handed in by the CLI: the benchmarks sit below the command line)."""
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        rc = main(["apply", str(model_dir), str(photos), "-o", str(out), "--quiet", "--no-detect"])
+        rc = cli_main(["apply", str(model_dir), str(photos), "-o", str(out), "--quiet", "--no-detect"])
     if rc != 0:
         raise RuntimeError(f"conceal apply failed (exit {rc}): {printed.getvalue().strip()}")
     return time.perf_counter() - t0
@@ -481,8 +481,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|", *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def run_benchmarks(cfg: BenchConfig) -> str:
-    """Measure everything in one run and return the markdown report, top to bottom as it reads."""
+def run_benchmarks(cfg: BenchConfig, cli_main) -> str:
+    """Measure everything in one run and return the markdown report, top to bottom as it reads (``cli_main``:
+    the command line's entry point, for timing `conceal apply` as users run it)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()  # the matmul peak and every model measurement run with these
@@ -513,7 +514,7 @@ def run_benchmarks(cfg: BenchConfig) -> str:
         log(f"end-to-end apply vs blur over {counts.apply_files} JPEGs")
         photos = make_photos(work / "photos", counts.apply_files, cfg.photo_side)
         blur_s = time_blur(photos, work / "blurred")
-        apply_s = {m.label: time_apply(m.directory, photos, work / "applied" / m.directory.name) for m in models}
+        apply_s = {m.label: time_apply(m.directory, photos, work / "applied" / m.directory.name, cli_main) for m in models}
 
         training = {}
         for m in models:

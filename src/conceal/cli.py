@@ -24,7 +24,6 @@ from .data.images import ImageReadError
 from .errors import CheckpointError, ExportError
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointError, ExportError)
-METHOD_NAMES = ("anonymizer", "concealer", "masker")  # sorted(conceal.methods.METHODS), without importing torch here
 
 
 def _parse_attributes(text: str | None) -> dict[str, str]:
@@ -62,20 +61,20 @@ def cmd_data_info(args) -> int:
 # train flag -> the config key it sets (flags and --set go through the same checks)
 TRAIN_FLAGS = {"dataset": "data.dataset", "root": "data.root", "size": "data.size", "epochs": "train.epochs",
                "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed", "device": "train.device",
-               "max_minutes": "train.max_minutes", "latent": "model.latent", "alpha": "model.alpha",
-               "beta": "model.beta", "keep": "model.keep"}
+               "max_minutes": "train.max_minutes"}  # and each method's own options (Method.cli_options): model.FIELD
 
 
 def cmd_train(args) -> int:
     from .methods import method_class
     from .train import train
 
+    cls = method_class(args.method)
     overrides = list(args.set or [])
-    for flag, key in TRAIN_FLAGS.items():
+    flags = TRAIN_FLAGS | {field: f"model.{field}" for field in cls.cli_options}
+    for flag, key in flags.items():
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={tomli_w.dumps({'v': value})[4:].strip()}")  # TOML, so nan and inf stay numbers
-    cls = method_class(args.method)
     config_path = args.config
     if args.resume and config_path is None and (Path(args.out) / "config.toml").is_file():
         config_path = Path(args.out) / "config.toml"  # resume with the run's own resolved config
@@ -186,7 +185,7 @@ def cmd_decode(args) -> int:
 def cmd_erase(args) -> int:
     from .methods import load_api
     from .methods.erasure import fit_code_eraser
-    from .train.checkpoint import model_dir, read_model_info, write_model_files
+    from .modelfile import model_dir, read_model_info, write_model_files
 
     if args.covariance_rank < 0:
         raise ConfigError(f"--covariance-rank must be 0 or more, not {args.covariance_rank}")
@@ -243,7 +242,7 @@ def cmd_audit(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import describe_inputs, export_onnx, max_difference, onnx_session, output_names
-    from .train.checkpoint import load_model
+    from .methods import load_model
 
     _refuse_existing(args.out, args.overwrite)
     method = load_model(args.model)
@@ -259,10 +258,11 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_benchmarks
-    from .train.checkpoint import model_dir
+    from .methods.registry import method_names
+    from .modelfile import model_dir
 
     # no flag: the concealer; --profile alone: every method; --profile NAME ...: those; --no-profile: none
-    profile = [] if args.no_profile else ["concealer"] if args.profile is None else list(dict.fromkeys(args.profile or METHOD_NAMES))
+    profile = [] if args.no_profile else ["concealer"] if args.profile is None else list(dict.fromkeys(args.profile or method_names()))
     command = ("conceal bench" + (f" --models {' '.join(args.models)}" if args.models else "") + (" --quick" if args.quick else "")
                + (f" --threads {args.threads}" if args.threads else "")
                + (" --no-profile" if args.no_profile else " --profile" + "".join(f" {m}" for m in args.profile) if args.profile is not None else ""))
@@ -270,7 +270,7 @@ def cmd_bench(args) -> int:
                       command=command + f" -o {args.out}")
     for m in cfg.models:
         model_dir(m)  # a bad path fails now, not after minutes of measuring
-    report = run_benchmarks(cfg)
+    report = run_benchmarks(cfg, cli_main=main)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report + "\n")
@@ -316,7 +316,65 @@ def _config_help(text: str, key: str) -> str:
     return f"{text} (sets {key}; default: the config's, else {'none' if default is None else default})"
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``conceal train METHOD`` that every method shares."""
+    parser.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
+    parser.add_argument("--config", help="TOML config file (see configs/; default: the built-in defaults, or the run's own "
+                        "config.toml with --resume)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 "
+                        "(repeatable; default: none)")
+    parser.add_argument("--dataset", choices=DATASETS, help=_config_help("training data", "data.dataset"))
+    parser.add_argument("--root", help=_config_help("dataset folder (not needed for synthetic)", "data.root"))
+    parser.add_argument("--size", type=int, help=_config_help("image side in pixels, at least 8", "data.size"))
+    parser.add_argument("--epochs", type=int, help=_config_help("epochs to train in all (with --resume: the new total)", "train.epochs"))
+    parser.add_argument("--batch-size", type=int, help=_config_help("images per batch", "train.batch_size"))
+    parser.add_argument("--lr", type=float, help=_config_help("learning rate", "train.lr"))
+    parser.add_argument("--seed", type=int, help=_config_help("seed of the weights' initialisation and of the batch order: "
+                        "the same config and seed give the same weights on CPU", "train.seed"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help=_config_help("auto: CUDA when torch sees it", "train.device"))
+    parser.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time in this "
+                        "invocation; not kept for --resume (default: no limit)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace the run already in --out (its checkpoint, config.toml "
+                        "and loss curves) instead of refusing")
+    parser.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (use its config.toml as --config; "
+                        "default: fresh weights)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    parser.set_defaults(func=cmd_train)
+
+
+def add_method_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options method ``name`` declares (``Method.cli_options``: config field -> help), each setting model.FIELD."""
+    import dataclasses
+    import typing
+
+    from .methods import method_class
+
+    cls = method_class(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    hints = typing.get_type_hints(cls.Config)
+    for field, text in cls.cli_options.items():
+        kind = hints[field] if hints[field] in (int, float) else str  # other types: read as TOML by the config
+        default = fields[field].default
+        parser.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, metavar=field.upper(),
+                            help=f"{text} (sets model.{field}; default: the config's, else {default})")
+
+
+class MethodParsers(argparse._SubParsersAction):
+    """``conceal train METHOD``: the method's own options join its parser only once it is chosen, so listing the
+    methods (``conceal train --help``) and argument errors import no torch; choosing one imports its module."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        chosen = self._name_parser_map.get(values[0])
+        if chosen is not None and not getattr(chosen, "method_options_added", False):
+            add_method_options(chosen, values[0])
+            chosen.method_options_added = True
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .methods.registry import method_names
+
     p = OneLineParser(prog="conceal", description="Remove sensitive information from face images, and measure what leaks.",
                       formatter_class=DefaultsFormatter)
     p.add_argument("--version", action="version", version=f"conceal {__version__}")
@@ -334,36 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_data_info)
 
     tr = sub.add_parser("train", help="train a method (one loop for all; checkpoints every epoch; --resume)")
-    tr.add_argument("method", choices=METHOD_NAMES, help=f"what to train: {', '.join(METHOD_NAMES)}")
-    tr.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
-    tr.add_argument("--config", help="TOML config file (see configs/; default: the built-in defaults, or the run's own "
-                    "config.toml with --resume)")
-    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 "
-                    "(repeatable; default: none)")
-    tr.add_argument("--dataset", choices=DATASETS, help=_config_help("training data", "data.dataset"))
-    tr.add_argument("--root", help=_config_help("dataset folder (not needed for synthetic)", "data.root"))
-    tr.add_argument("--size", type=int, help=_config_help("image side in pixels, at least 8", "data.size"))
-    tr.add_argument("--epochs", type=int, help=_config_help("epochs to train in all (with --resume: the new total)", "train.epochs"))
-    tr.add_argument("--batch-size", type=int, help=_config_help("images per batch", "train.batch_size"))
-    tr.add_argument("--lr", type=float, help=_config_help("learning rate", "train.lr"))
-    tr.add_argument("--seed", type=int, help=_config_help("seed of the weights' initialisation and of the batch order: "
-                    "the same config and seed give the same weights on CPU", "train.seed"))
-    # Method settings: their defaults live in each method's Config (tests/test_cli checks these numbers against them).
-    tr.add_argument("--latent", type=int, help="latent size (concealer: 48 or 100 in the paper; sets model.latent; default 48)")
-    tr.add_argument("--alpha", type=float, help="weight of the utility (Siamese) loss (anonymizer; the paper's α; "
-                    "sets model.alpha; default 0.5)")
-    tr.add_argument("--beta", type=float, help="weight of the adversary's loss (anonymizer; the paper's β; sets model.beta; default 0.5)")
-    tr.add_argument("--keep", type=float, help="fraction K of pixels the mask keeps (masker; sets model.keep; default 0.25)")
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), help=_config_help("auto: CUDA when torch sees it", "train.device"))
-    tr.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much training time in this "
-                    "invocation; not kept for --resume (default: no limit)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tr.add_argument("--force", action="store_true", help="replace the run already in --out (its checkpoint, config.toml "
-                    "and loss curves) instead of refusing")
-    tr.add_argument("--init-from", metavar="MODEL", help="start from this model's weights (use its config.toml as --config; "
-                    "default: fresh weights)")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    tr.set_defaults(func=cmd_train)
+    methods = tr.add_subparsers(dest="method", required=True, metavar="METHOD", action=MethodParsers,
+                                help=f"what to train: {', '.join(method_names())}")
+    for name in method_names():
+        _train_arguments(methods.add_parser(name, help=f"train a {name} (conceal train {name} --help: its options)"))
 
     crop_help = ("fraction of the shorter side kept by the centre crop (default: the model's training crop, "
                  "e.g. 1.0 for UTKFace's aligned faces, 0.5 for LFW's photos)")
@@ -461,9 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads, of the matmul peak and every "
                     "model measurement alike (default: torch's)")
     profiled = be.add_mutually_exclusive_group()
-    profiled.add_argument("--profile", nargs="*", metavar="METHOD", choices=METHOD_NAMES,
+    profiled.add_argument("--profile", nargs="*", metavar="METHOD", choices=method_names(),
                           help="profile the batch inference (torch.profiler, each torch backend) of these methods' "
-                               f"models ({', '.join(METHOD_NAMES)}; none named: every one), for the report's top ops by "
+                               f"models ({', '.join(method_names())}; none named: every one), for the report's top ops by "
                                "self CPU time (default: the concealer's)")
     profiled.add_argument("--no-profile", action="store_true", help="skip the profile section")
     be.add_argument("-o", "--out", default="benchmarks/RESULTS.md", help="report file (default: benchmarks/RESULTS.md)")

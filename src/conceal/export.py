@@ -1,12 +1,10 @@
 """ONNX export of what a method releases (the ``apply`` path), for runtimes without torch.
 
-One small wrapper module per method turns its release into a graph of plain tensors:
+Each method declares its release as a ``ReleaseGraph`` (``Method.Graph``, beside the method in its own
+module): a module of plain tensors with its named inputs. This module exports any of them alike.
 
-- concealer: images + the attributes to render (labels and "unspecified" masks) -> released, codes;
-- masker: images -> released (the masked images);
-- anonymizer: images -> released (the reconstruction, gray in 3 channels), codes.
-
-Every graph takes ``images`` (N, 3, S, S) float32 in [0, 1] (NCHW, RGB) and returns float32 in [0, 1];
+Every graph takes ``images`` (N, 3, S, S) float32 in [0, 1] (NCHW, RGB) (the concealer also the attributes
+to render) and returns float32 ``released`` in [0, 1], then ``codes`` for a method that releases codes;
 rounding to uint8 is the caller's, as in ``ModelAPI``. The batch axis is dynamic. The masker's top-K% is a
 hard selection: where two pixels' mask values differ by less than float rounding (~1e-7), onnxruntime
 and torch may release a different one of the two. What each input means
@@ -30,75 +28,20 @@ import torch
 from torch import nn
 
 from .errors import ExportError
-from .methods import METHODS, Method, ModelAPI
-from .methods.anonymizer import AIA
-from .methods.concealer import Concealer, ConcealVAE
-from .methods.masker import MaskGenerator
+from .methods import Method, ModelAPI
 
 OPSET = 17
 
 
-class ConcealerGraph(nn.Module):
-    """images (N, 3, S, S), labels (N, L) float, unspecified (N, L) bool -> released (N, 3, S, S), codes (N, latent).
-
-    Column j of ``labels``/``unspecified`` is the j-th label of the model's concealed schema, in the
-    dataset's units (class index, 0/1, or a number in range; NaN = unknown = unspecified).
-    """
-
-    def __init__(self, vae: ConcealVAE):
-        super().__init__()
-        self.vae = vae
-        self.names = vae.concealed.names
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, unspecified: torch.Tensor):
-        codes = self.vae.release_codes(images)  # μ (after the eraser, if any): what `conceal encode` releases
-        columns = {name: labels[:, j] for j, name in enumerate(self.names)}
-        masks = {name: unspecified[:, j] for j, name in enumerate(self.names)}
-        return self.vae.decode(codes, columns, masks), codes
-
-
-class MaskerGraph(nn.Module):
-    """images (N, 3, S, S) -> released m_topK ⊙ x (N, 3, S, S)."""
-
-    def __init__(self, generator: MaskGenerator):
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, images: torch.Tensor):
-        return self.generator(images)
-
-
-class AnonymizerGraph(nn.Module):
-    """images (N, 3, S, S) -> released reconstruction (N, 3, S, S) (gray, replicated), codes g (N, code_dim)."""
-
-    def __init__(self, aia: AIA):
-        super().__init__()
-        self.aia = aia
-
-    def forward(self, images: torch.Tensor):
-        codes = self.aia.release_codes(images)  # g (after the eraser, if any): what `conceal encode` releases
-        # expand() would export as a view the runtime may not copy; repeat gives a real (N, 3, S, S).
-        return self.aia.decode(codes).repeat(1, 3, 1, 1), codes
-
-
-GRAPHS: dict[str, type[nn.Module]] = {
-    ConcealVAE.name: ConcealerGraph,
-    MaskGenerator.name: MaskerGraph,
-    AIA.name: AnonymizerGraph,
-}
-assert set(GRAPHS) == set(METHODS), "every registered method needs an export graph"
 
 
 def graph_of(method: Method) -> nn.Module:
     """The method's release as an exportable module, in eval mode."""
-    try:
-        return GRAPHS[method.name](method.eval()).eval()
-    except KeyError:
-        raise ExportError(f"no ONNX export for method {method.name!r}") from None
+    return method.Graph(method.eval()).eval()
 
 
 def input_names(method: Method) -> list[str]:
-    return ["images", "labels", "unspecified"] if method.name == ConcealVAE.name else ["images"]
+    return list(method.Graph.inputs)
 
 
 def output_names(method: Method) -> list[str]:
@@ -107,53 +50,19 @@ def output_names(method: Method) -> list[str]:
 
 
 def example_inputs(method: Method, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs of the graph's shapes: images in [0, 1] and, for the concealer, valid labels."""
-    g = torch.Generator().manual_seed(seed)
-    s = method.image_size
-    inputs = {"images": torch.rand(batch, 3, s, s, generator=g)}
-    if method.name == ConcealVAE.name:
-        columns = []
-        for label in method.concealed:  # type: ignore[attr-defined]
-            if label.kind == "continuous":
-                lo, hi = label.range
-                columns.append(lo + (hi - lo) * torch.rand(batch, generator=g))
-            else:
-                columns.append(torch.randint(0, label.n_classes, (batch,), generator=g).float())
-        inputs["labels"] = torch.stack(columns, dim=1)  # (N, L)
-        inputs["unspecified"] = torch.rand(batch, len(columns), generator=g) < 0.3  # (N, L) bool
-    return inputs
+    """Random valid inputs of the graph's shapes (images in [0, 1], and e.g. the concealer's labels)."""
+    return method.Graph.example_inputs(method, batch, torch.Generator().manual_seed(seed))
 
 
 def api_inputs(model: ModelAPI, images: np.ndarray, **options) -> dict[str, np.ndarray]:
-    """What ``model.apply(images, **options)`` feeds the graph, as numpy (the onnxruntime feed).
-
-    images (N, S, S, 3) uint8 -> {"images": (N, 3, S, S) float32, and for a concealer "labels" (N, L)
-    float32, "unspecified" (N, L) bool built from ``as_`` exactly as the API does}.
-    """
-    images = model.check_images(images)
-    feed = {"images": np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)}
-    if isinstance(model, Concealer):
-        labels, unspecified = model.attribute_tensors(options.get("as_") or {}, len(images))
-        names = model.schema.names
-        feed["labels"] = torch.stack([labels[n] for n in names], dim=1).cpu().numpy().astype(np.float32)
-        feed["unspecified"] = torch.stack([unspecified[n] for n in names], dim=1).cpu().numpy()
-    return feed
+    """What ``model.apply(images, **options)`` feeds the graph, as numpy (the onnxruntime feed): images
+    (N, S, S, 3) uint8 -> {"images": (N, 3, S, S) float32, and the graph's other inputs, built as the API does}."""
+    return model.method.Graph.api_feed(model, model.check_images(images), **options)
 
 
 def describe_inputs(method: Method) -> dict[str, str]:
     """Input name -> what it holds; written into the ONNX metadata and printed by ``conceal export``."""
-    s = method.image_size
-    out = {"images": f"(N, 3, {s}, {s}) float32 RGB in [0, 1]"}
-    if method.name == ConcealVAE.name:
-        cols = []
-        for label in method.concealed:  # type: ignore[attr-defined]
-            if label.kind == "continuous":
-                cols.append(f"{label.name} (number in {label.range[0]:g}..{label.range[1]:g})")
-            else:
-                cols.append(f"{label.name} (class index: {', '.join(f'{i}={c}' for i, c in enumerate(label.classes))})")
-        out["labels"] = f"(N, {len(cols)}) float32, columns: " + "; ".join(cols) + "; NaN = unspecified"
-        out["unspecified"] = f"(N, {len(cols)}) bool, same columns: true = render this attribute as unspecified"
-    return out
+    return method.Graph.describe_inputs(method)
 
 
 def _export(method: Method, target, opset: int = OPSET) -> None:

@@ -25,13 +25,20 @@ from typing import Callable
 
 import numpy as np
 
-# method name (from model.json) -> "module:function" of its audit sections, imported only when used.
-# A section function takes (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections.
-AUDITS = {
-    "concealer": "concealer:audit_concealer",
-    "anonymizer": "anonymizer:audit_anonymizer",
-    "masker": "masker:audit_masker",
-}
+
+def method_audit(method: str | None) -> Callable:
+    """The audit-section function a registered method names (``Method.audit``: "module:function", imported
+    only when used): (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections."""
+    import importlib
+
+    from ..data import DataError
+    from ..methods import method_class, method_names
+
+    try:
+        module, function = method_class(method).audit.split(":")
+    except ValueError:
+        raise DataError(f"no audit for method {method!r} (registered methods: {', '.join(method_names())})") from None
+    return getattr(importlib.import_module(module), function)
 
 
 def load_test_split(info: dict, dataset: str, root: str | None, max_images: int | None, seed: int, log: Callable = print):
@@ -140,7 +147,7 @@ def run_audit(
     """
     from .. import __version__
     from ..data import DataError
-    from ..train.checkpoint import read_model_info
+    from ..modelfile import read_model_info
     from .context import AuditContext
     from .report import write_report
 
@@ -148,8 +155,7 @@ def run_audit(
         raise DataError(f"--threat-model must be one of {', '.join(THREAT_MODELS)}, not {threat_model!r}")
     info = read_model_info(model_path)
     method = info.get("method")
-    if method not in AUDITS:
-        raise DataError(f"audit for method {method!r} is not implemented yet (audits exist for: {', '.join(AUDITS)})")
+    audit_sections = method_audit(method)  # an unregistered method fails here, before any data is read
     if dataset is None:
         dataset = info.get("data", {}).get("dataset")
         if dataset is None:
@@ -175,7 +181,7 @@ def run_audit(
         sections.update(_reused_test_halves(Path(reuse_test_halves), method, len(test), seed))
     elif threat_model in ("test-halves", "all"):
         objects = ctx.judges()[0] if ctx._judges is not None and all(v is not None for v in ctx._judges[0].values()) else judges
-        method_sections = _hook(AUDITS[method])(model_path, test, out, judges=objects, seed=seed, log=log, **options)
+        method_sections = audit_sections(model_path, test, out, judges=objects, seed=seed, log=log, **options)
         sections["test_halves"] = {
             "threat_model": "test-halves",
             "description": "DATA-POOR, for comparison only: each attacker is trained on one half of the test split's releases "
@@ -221,4 +227,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AUDITS", "THREAT_MODELS", "load_test_split", "run_audit"]
+__all__ = ["THREAT_MODELS", "load_test_split", "method_audit", "run_audit"]

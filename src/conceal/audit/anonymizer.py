@@ -47,7 +47,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..data import FaceArrays
 from ..methods.anonymizer import LUMA, Anonymizer, random_baseline
-from ..train.checkpoint import read_model_info
+from ..modelfile import read_model_info
 from .attackers import (
     BASELINE,
     CNN_MAX_EPOCHS,
@@ -226,7 +226,7 @@ def random_codes(codes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @torch.inference_mode()
 def embed_codes(model: Anonymizer, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Codes g (N, d) -> Siamese embeddings (N, E) of their reconstructions (``Anonymizer.embed`` starts from images)."""
-    aia = model.aia
+    aia = model.method
     out = [aia.siamese(aia.decode(torch.from_numpy(np.ascontiguousarray(codes[i : i + batch_size])).to(aia.device))).float().cpu().numpy()
            for i in range(0, len(codes), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, aia.cfg.embedding), np.float32)
@@ -758,7 +758,7 @@ def audit_anonymizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = Anonymizer.load(model_path)
     variant = read_model_info(model_path)["model_config"].get("variant", "aia")
-    private = model.aia.cfg.private
+    private = model.method.cfg.private
     s = model.image_size
     if test.images.shape[1:] != (s, s, 3):
         raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
@@ -767,7 +767,7 @@ def audit_anonymizer(
     sections: dict[str, Any] = {"timings": {}}
     step = timed_steps(sections["timings"], log)
 
-    with step("encode", f"encoding {len(test)} test faces ({model_title(model.aia.cfg)}) and the Random baseline"):
+    with step("encode", f"encoding {len(test)} test faces ({model_title(model.method.cfg)}) and the Random baseline"):
         codes = model.encode(test.images)  # (N, d): g, the released representation
         reconstructed = model.apply(test.images)  # (N, H, W, 3) gray
         embeddings = model.embed(test.images)  # (N, E)
@@ -806,7 +806,7 @@ def audit_anonymizer(
         pairs = sections["verification"].get("pairs", {})
         log(f"[audit]   {pairs.get('matched', 0)} matched / {pairs.get('mismatched', 0)} mismatched pairs")
 
-    sections["privacy_utility"] = _privacy_utility(variant, model_title(model.aia.cfg), sections["code_leakage"], sections["verification"], private)
+    sections["privacy_utility"] = _privacy_utility(variant, model_title(model.method.cfg), sections["code_leakage"], sections["verification"], private)
     for row in sections["privacy_utility"]["rows"]:
         utility = (row["utility"] or {}).get("siamese", {})
         privacy = row["privacy"]

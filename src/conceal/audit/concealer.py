@@ -88,7 +88,7 @@ def render(model: Concealer, codes: np.ndarray, rows: dict[str, np.ndarray], bat
     ``Concealer.decode`` takes one value per label for the whole batch; the audit needs per-row values
     (each face's own race, its own labels for a reconstruction), so it calls the VAE's decode directly.
     """
-    vae = model.vae
+    vae = model.method
     out = []
     with torch.inference_mode():
         for i in range(0, len(codes), batch_size):

@@ -51,7 +51,7 @@ from ..methods.masker import (
     pixelate,
     resolve_task,
 )
-from ..train.checkpoint import read_model_info
+from ..modelfile import read_model_info
 from .attackers import (
     CNN_MAX_EPOCHS,
     CNN_MIN_STEPS,
@@ -102,7 +102,7 @@ def _class_probabilities(output: torch.Tensor, kind: str) -> np.ndarray:
 def run_masker(model: Masker, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """One pass over the images: the release (as ``Masker.apply``), per-image mask statistics, the mean
     released mask, and Φ's task probabilities on x_p (released) and x_o (the unreleased rest of the mask)."""
-    generator = model.generator
+    generator = model.method
     task = generator.cfg.task
     kind = generator.task_label.kind
     released, revealed, kept_value, predictor, rest = [], [], [], [], []
@@ -340,7 +340,7 @@ def _grid_figure(model: Masker, test: FaceArrays, releases: dict[str, np.ndarray
     plt = pyplot()
     rows = sample_rows(len(test), GRID_FACES, seed, purpose=4)
     with torch.inference_mode():
-        soft, kept = (m[:, 0].numpy() for m in model.generator.masks(to_tensor_images(test.images[rows], model.generator.device)))
+        soft, kept = (m[:, 0].numpy() for m in model.method.masks(to_tensor_images(test.images[rows], model.method.device)))
     columns = [("original", test.images[rows], None), ("mask m", soft, "gray"), ("released mask m_topK", kept, "gray")]
     columns += [(titles[key], releases[key][rows], None) for key in ("masker", "block_center", "blur_center", "pixelate")]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.4 * len(columns), 1.4 * len(rows) + 0.5), squeeze=False)
@@ -620,7 +620,7 @@ def audit_masker(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = Masker.load(model_path)
-    cfg = model.generator.cfg
+    cfg = model.method.cfg
     variant = read_model_info(model_path)["model_config"].get("variant", cfg.variant)
     s = model.image_size
     if test.images.shape[1:] != (s, s, 3):

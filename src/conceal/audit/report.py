@@ -328,13 +328,14 @@ def _timings(timings: dict) -> list[str]:
 
 def _method_renderers(method: str | None) -> dict:
     """A method's own sections render through the RENDERERS dict of its audit module, if it has one."""
-    from . import AUDITS
-
-    if method not in AUDITS:
-        return {}
     import importlib
 
-    module = importlib.import_module(f".{AUDITS[method].split(':')[0]}", __package__)
+    from ..methods import method_class
+
+    try:
+        module = importlib.import_module(method_class(method).audit.split(":")[0])
+    except ValueError:  # a report of a method not registered here
+        return {}
     return dict(getattr(module, "RENDERERS", {}))
 
 

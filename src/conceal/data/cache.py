@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .base import DataError, FaceArrays, FaceDataset, FaceRecord
+from .arrays import DataError, FaceArrays, FaceRecord
 from .images import ImageReadError, center_crop_resize, read_image
 
 CACHE_VERSION = 1  # bump when the preprocessing changes, so old entries are not reused
@@ -126,7 +126,7 @@ def _build(
     return failed
 
 
-def cached_arrays(dataset: FaceDataset, size: int, crop: float, progress: bool = True) -> FaceArrays:
+def cached_arrays(dataset, size: int, crop: float, progress: bool = True) -> FaceArrays:
     """The dataset's images as a read-only (N, size, size, 3) uint8 memmap, built on first use.
 
     Images that fail to decode leave ``dataset.records`` for ``dataset.undecodable`` and are reported in

@@ -1,50 +1,39 @@
-"""Method registry: name -> Method class (with its Config dataclass). Add new methods here."""
+"""The methods and their registry (``registry``: name -> Method class, each class its method's spec).
+
+Each method is a family of three classes in its own module: the network (a ``Method``), its user API
+(a ``ModelAPI``) and its export graph (a ``ReleaseGraph``):
+
+- concealer: ``ConcealVAE`` / ``Concealer`` / ``ConcealerGraph`` (BAFO, Hanukoglu et al. 2020);
+- masker: ``MaskGenerator`` / ``Masker`` / ``MaskerGraph`` (Gupta et al. 2021);
+- anonymizer: ``AIA`` / ``Anonymizer`` / ``AnonymizerGraph`` (AIA, Mosallanezhad et al. 2020).
+
+Importing this package imports no torch; the classes below load their module when first named.
+"""
 
 from __future__ import annotations
 
-from ..data.schema import LabelSchema
-from .anonymizer import AIA, Anonymizer
-from .base import Method, ModelAPI
-from .concealer import ConcealerConfig, Concealer, ConcealVAE
-from .masker import MaskGenerator, Masker
+import importlib
 
-METHODS: dict[str, type[Method]] = {
-    ConcealVAE.name: ConcealVAE,
-    MaskGenerator.name: MaskGenerator,
-    AIA.name: AIA,
+from .registry import (
+    build_method, load_api, load_model, method_class, method_names, methods, register_method, unregister_method,
+)
+
+# Class -> the module it is imported from when first named (``from conceal.methods import Concealer``).
+_CLASSES = {
+    "Method": "base", "ModelAPI": "base", "ReleaseGraph": "base",
+    "ConcealVAE": "concealer", "Concealer": "concealer", "ConcealerConfig": "concealer",
+    "MaskGenerator": "masker", "Masker": "masker",
+    "AIA": "anonymizer", "Anonymizer": "anonymizer",
 }
 
 
-# name -> user-facing API class (numpy in, numpy out) used by `conceal apply/encode/audit/demo`
-APIS: dict[str, type[ModelAPI]] = {
-    ConcealVAE.name: Concealer,
-    MaskGenerator.name: Masker,
-    AIA.name: Anonymizer,
-}
+def __getattr__(name: str):
+    if name == "METHODS":  # name -> Method class of every method (imports each built-in one)
+        return methods()
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f".{_CLASSES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_api(path, device: str = "cpu", fold_batch_norm: bool = False, backend: str = "torch") -> ModelAPI:
-    """Open any trained model (models/NAME or a run directory) through its method's API class.
-
-    ``fold_batch_norm=True``: batch norms (and nearest upsampling) folded into their convs, for inference only;
-    ``backend``: torch, onnxruntime or auto (the method's fastest where installed) for ``apply`` (see ``ModelAPI``).
-    """
-    from ..train.checkpoint import read_model_info
-
-    name = read_model_info(path)["method"]
-    return APIS[name].load(path, device=device, fold_batch_norm=fold_batch_norm, backend=backend)
-
-
-def method_class(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def build_method(name: str, cfg, schema: LabelSchema, image_size: int) -> Method:
-    """Factory used by training and by checkpoint loading (config dataclass + schema -> fresh model)."""
-    return method_class(name)(cfg, schema, image_size)
-
-
-__all__ = ["APIS", "METHODS", "Method", "ModelAPI", "load_api", "ConcealVAE", "ConcealerConfig", "Concealer", "build_method", "method_class"]
+__all__ = [*_CLASSES, "METHODS", "build_method", "load_api", "load_model", "method_class", "method_names", "methods",
+           "register_method", "unregister_method"]

@@ -59,7 +59,7 @@ from torch import nn
 
 from ..config import setting
 from ..data.schema import LabelSchema
-from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
+from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
 from .blocks import AttributeHeads
 
 VARIANTS = ("aia", "original", "aia_no_utility")
@@ -83,6 +83,12 @@ class AnonymizerConfig:
     beta: float = setting(0.5, at_least=0)  # weight of −L_Adv in fine-tuning (forced to 0 by variant original)
     pretrain_steps: int = setting(500, at_least=0)  # steps in which every component learns on its own; then fine-tuning
     eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
+
+    @classmethod
+    def tiny(cls) -> "AnonymizerConfig":
+        # pretrain_steps=0: step 0 already fine-tunes, so the adversarial and Siamese terms reach the encoder.
+        return cls(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16,
+                   embedding=8, pretrain_steps=0)
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
@@ -188,11 +194,25 @@ class SiameseNet(nn.Module):
         return self.head(self.features(images).flatten(1))
 
 
+class AnonymizerGraph(ReleaseGraph):
+    """images (N, 3, S, S) -> released reconstruction (N, 3, S, S) (gray, replicated), codes g (N, code_dim)."""
+
+    def forward(self, images: torch.Tensor):
+        codes = self.method.release_codes(images)  # g (after the eraser, if any): what `conceal encode` releases
+        # expand() would export as a view the runtime may not copy; repeat gives a real (N, 3, S, S).
+        return self.method.decode(codes).repeat(1, 3, 1, 1), codes
+
+
 class AIA(Method):
     name = "anonymizer"
     Config = AnonymizerConfig
+    Graph = AnonymizerGraph
     releases = ("codes", "images")
     fastest_backend = "onnxruntime"  # with the phase-conv decoder: see benchmarks/PROFILING.md
+    shown_losses = ("loss", "recon", "siamese", "adversary")
+    cli_options = {"alpha": "weight of the utility (Siamese) loss (the paper's α)",
+                   "beta": "weight of the adversary's loss (the paper's β)"}
+    audit = "conceal.audit.anonymizer:audit_anonymizer"
 
     def __init__(self, cfg: AnonymizerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
@@ -361,36 +381,21 @@ class Anonymizer(ModelAPI):
     """
 
     method_class = AIA
+    method: AIA
 
-    @property
-    def aia(self) -> AIA:
-        return self.method  # type: ignore[return-value]
-
-    def _batched(self, images: np.ndarray, fn, row_shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        """Run ``fn`` on (B, 3, H, W) tensors batch by batch; concatenate its (B, *row_shape) numpy outputs."""
-        images = self.check_images(images)
-        starts = range(0, len(images), self.batch_size)
-        out = [fn(to_tensor_images(images[i : i + self.batch_size], self.aia.device)) for i in starts]
-        return np.concatenate(out) if out else np.zeros((0, *row_shape), dtype)
-
-    @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> g (N, d) float32; deterministic."""
-        return self._batched(images, lambda x: self.aia.release_codes(x).float().cpu().numpy(), (self.aia.code_dim,))
+        return self.map_batches(images, lambda x: self.method.release_codes(x).float().cpu().numpy(), (self.method.code_dim,))
 
-    @torch.inference_mode()
     def apply(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the decoder's reconstruction of g, gray replicated to (N, H, W, 3) uint8."""
         if self.onnx is not None:
             return self.apply_onnx(images)
         s = self.image_size
-        return self._batched(images, lambda x: to_uint8_images(self.aia(x)), (s, s, 3), np.uint8)
+        return self.map_batches(images, lambda x: to_uint8_images(self.method(x)), (s, s, 3), np.uint8)
 
-    @torch.inference_mode()
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> Siamese embeddings (N, E) float32 of the reconstructions: the utility task's view."""
-        aia = self.aia
-        return self._batched(images, lambda x: aia.siamese(aia.decode(aia.release_codes(x))).float().cpu().numpy(), (aia.cfg.embedding,))
+        aia = self.method
+        return self.map_batches(images, lambda x: aia.siamese(aia.decode(aia.release_codes(x))).float().cpu().numpy(), (aia.cfg.embedding,))
 
-    def check_options(self) -> None:
-        """The anonymizer has no apply options (``--as`` is refused by the CLI)."""

@@ -1,8 +1,13 @@
-"""What every method offers the training loop, the checkpoint code, the CLI and the audit.
+"""What every method offers the training loop, the model files, export, the CLI and the audit.
 
 A method is an ``nn.Module`` built from (config dataclass, label schema, image size). It owns its
 optimizers and its update rule (adversarial methods alternate several), so the one training loop in
-``conceal.train`` stays free of per-method branches.
+``conceal.train`` stays free of per-method branches. Its class is also its spec: the class attributes
+listed in ``Method`` are what shared code reads, through ``conceal.methods.registry``, instead of
+branching on method names.
+
+Three classes make a method, named as one family (network, user API, export graph), e.g.
+``ConcealVAE`` / ``Concealer`` / ``ConcealerGraph``.
 """
 
 from __future__ import annotations
@@ -13,17 +18,41 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..data.schema import LabelSchema
+from ..errors import CheckpointError
+from ..modelfile import load_method, read_model_info
+from .blocks import has_folded_batch_norm, to_tensor_images, to_uint8_images  # noqa: F401  (the APIs import them from here)
+from .erasure import CodeEraser
 
 Batch = dict  # {"image": (B, 3, H, W) float in [0, 1], "labels": {name: (B,) float, NaN = unknown}, "identity": (B,) long}
 
 
 class Method(nn.Module):
+    """Base of every method. A subclass declares its spec (all checked by ``register_method``):
+
+    - ``name``: the registry key, written into model.json;
+    - ``Config``: its config dataclass (the TOML ``[model]`` section), with a ``tiny()`` classmethod: the
+      smallest config that still switches on every loss term, for tests on synthetic faces;
+    - ``API``: its user-facing ``ModelAPI`` class (set when that class, naming this one as its
+      ``method_class``, is defined);
+    - ``releases``: what it hands to the world, which is exactly what the audit attacks: "codes"
+      (vectors from encode()) and/or "images" (from apply());
+    - ``Graph``: its ``ReleaseGraph`` (the ``apply`` path as plain tensors, with its inputs), for ONNX export;
+    - ``shown_losses``: the ``training_step`` log keys the loop puts on the progress bar;
+    - ``cli_options``: config field -> help, each a ``conceal train NAME --FIELD`` option;
+    - ``audit``: "module:function" of its audit sections (imported only when audited), a function
+      (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections.
+    """
+
     name: ClassVar[str]
     Config: ClassVar[type]
-    # What the method hands to the world, which is exactly what the audit attacks:
-    # "codes" (vectors from encode()) and/or "images" (from apply()).
-    releases: ClassVar[tuple[str, ...]] = ()
+    API: ClassVar[type["ModelAPI"]]
+    releases: ClassVar[tuple[str, ...]]
+    Graph: ClassVar[type["ReleaseGraph"]]
+    shown_losses: ClassVar[tuple[str, ...]]
+    cli_options: ClassVar[dict[str, str]]
+    audit: ClassVar[str]
     # The inference backend `conceal apply` runs the release on when it is installed ("torch" or "onnxruntime"):
     # whichever reached the higher share of the matmul peak in benchmarks/PROFILING.md's side-by-side runs.
     fastest_backend: ClassVar[str] = "torch"
@@ -55,8 +84,6 @@ class Method(nn.Module):
         raise NotImplementedError(f"{self.name} releases no codes")
 
     def init_eraser(self) -> None:
-        from .erasure import CodeEraser
-
         rank = getattr(self.cfg, "eraser_rank", 0)
         self.eraser = CodeEraser(self.code_dim, rank) if rank else None  # buffers filled by load or by fitting
 
@@ -69,16 +96,64 @@ class Method(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def saved_weights(self) -> dict[str, torch.Tensor]:
+        """The state_dict as model.safetensors stores it (CPU, contiguous); refused once batch norms are folded."""
+        if has_folded_batch_norm(self):
+            raise CheckpointError(f"this {self.name} model has its batch norms folded for inference (load it without "
+                                 "fold_batch_norm to train or save it): its weights would not load as the method's")
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+
+class ReleaseGraph(nn.Module):
+    """A method's release (what ``apply`` computes) as a module of plain tensors, for ONNX export.
+
+    Takes ``images`` (N, 3, S, S) float32 in [0, 1] (NCHW, RGB) plus the extra ``inputs`` a subclass names,
+    and returns float32 ``released`` (N, 3, S, S) in [0, 1], then ``codes`` (N, code_dim) for a method that
+    releases codes. Subclasses implement ``forward`` and, with extra inputs, the three methods below.
+    """
+
+    inputs: ClassVar[tuple[str, ...]] = ("images",)
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    @classmethod
+    def example_inputs(cls, method: Method, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random valid inputs of ``batch`` rows (images in [0, 1], and whatever else ``inputs`` names)."""
+        s = method.image_size
+        return {"images": torch.rand(batch, 3, s, s, generator=generator)}
+
+    @classmethod
+    def describe_inputs(cls, method: Method) -> dict[str, str]:
+        """Input name -> what it holds (written into the ONNX metadata, printed by ``conceal export``)."""
+        s = method.image_size
+        return {"images": f"(N, 3, {s}, {s}) float32 RGB in [0, 1]"}
+
+    @classmethod
+    def api_feed(cls, api: "ModelAPI", images: np.ndarray, **options) -> dict[str, np.ndarray]:
+        """What ``api.apply(images, **options)`` feeds this graph, as numpy: checked (N, S, S, 3) uint8 in."""
+        return {"images": np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)}
+
 
 class ModelAPI:
     """User-facing wrapper of a trained method: numpy uint8 images in, numpy out, batched, no grads.
 
     Subclasses implement what their method releases: ``encode`` (codes, "codes" in ``releases``) and/or
     ``apply`` (released images). ``conceal apply`` / ``conceal encode`` call these for any method.
+    ``apply_options`` names the keyword options ``apply`` takes (the CLI offers ``--as`` only where
+    "as_" is one); ``extra_outputs`` what else it can write per image ("mask": ``masks()``).
     """
 
-    method_class: type[Method]
+    method_class: ClassVar[type[Method]]  # the network it wraps; that class's ``API`` is set to this one
+    apply_options: ClassVar[tuple[str, ...]] = ()
+    extra_outputs: ClassVar[tuple[str, ...]] = ()
     info: dict = {}  # the model's model.json, set by ``load`` (empty for a model built in memory)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "method_class" in vars(cls):  # the pair names each other: Method.API <-> ModelAPI.method_class
+            cls.method_class.API = cls
 
     def __init__(self, method: Method, batch_size: int = 256, fold_batch_norm: bool = False, backend: str = "torch"):
         # channels_last (NHWC) conv weights: inputs from to_tensor_images are NHWC in memory already, and
@@ -117,11 +192,7 @@ class ModelAPI:
     def load(cls, path, device: str = "cpu", fold_batch_norm: bool = False, backend: str = "torch"):
         """Open a trained model; ``fold_batch_norm=True`` for inference only (faster; the model can then not be
         trained or saved: see ``__init__``); ``backend`` of ``apply`` (see ``__init__``)."""
-        from ..train.checkpoint import load_model, read_model_info
-
-        method = load_model(path, device=device)
-        if not isinstance(method, cls.method_class):
-            raise TypeError(f"{path} holds a {method.name} model, not a {cls.method_class.name}")
+        method = load_method(path, cls.method_class, device=device)  # refuses a model of another method
         api = cls(method, fold_batch_norm=fold_batch_norm, backend=backend)
         api.info = read_model_info(path)  # model.json: the training data's crop, which photos align faces to
         return api
@@ -139,6 +210,15 @@ class ModelAPI:
         if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 of shape (N, {s}, {s}, 3), not {images.dtype} {images.shape}")
         return images
+
+    @torch.inference_mode()
+    def map_batches(self, images: np.ndarray, fn, row_shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """Checked images, ``batch_size`` at a time as (B, 3, S, S) float tensors on the model's device, through
+        ``fn`` (-> (B, *row_shape) numpy); the outputs concatenated ((0, *row_shape) ``dtype`` for no images)."""
+        images = self.check_images(images)
+        starts = range(0, len(images), self.batch_size)
+        out = [fn(to_tensor_images(images[i : i + self.batch_size], self.method.device)) for i in starts]
+        return np.concatenate(out) if out else np.zeros((0, *row_shape), dtype)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.method.name} releases no codes")
@@ -158,15 +238,9 @@ class ModelAPI:
         return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
     def check_options(self, **options) -> None:
-        """Validate ``apply`` options before any file is read (raise LabelError/ValueError, one line)."""
+        """Validate ``apply`` options before any file is read (raise LabelError/ConfigError, one line).
 
-
-def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
-    # np.array copies: the cache hands out read-only memmaps, which torch refuses to wrap safely.
-    return torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def to_uint8_images(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
-    return images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        Here: only the options ``apply_options`` names; a method with options checks their values too."""
+        unknown = sorted(set(options) - set(self.apply_options))
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)} is not an apply option of {self.method.name} models")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -303,3 +305,14 @@ def independence_mmd(codes: torch.Tensor, labels: dict[str, torch.Tensor], schem
         if terms:
             total = total + torch.stack(terms).mean()
     return total
+
+
+def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    # np.array copies: the cache hands out read-only memmaps, which torch refuses to wrap safely.
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
+    return images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

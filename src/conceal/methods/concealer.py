@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import setting
 from ..data.schema import LabelSchema
-from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
+from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
 from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, reverse_gradient
 
 N_DOWN = 4  # 64 -> 4x4 feature maps; image size must be a multiple of 16
@@ -46,6 +46,10 @@ class ConcealerConfig:
     independence_weight: float = setting(0.0, at_least=0)  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
     eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
 
+    @classmethod
+    def tiny(cls) -> "ConcealerConfig":
+        return cls(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0)
+
 
 class ImageAttributeClassifier(nn.Module):
     """Small CNN: (B, 3, H, W) -> attribute outputs. Trained on real faces only; judges decodes in training."""
@@ -61,10 +65,67 @@ class ImageAttributeClassifier(nn.Module):
         return self.heads(self.dropout(self.features(x).flatten(1)))
 
 
+class ConcealerGraph(ReleaseGraph):
+    """images (N, 3, S, S), labels (N, L) float, unspecified (N, L) bool -> released (N, 3, S, S), codes (N, latent).
+
+    Column j of ``labels``/``unspecified`` is the j-th label of the model's concealed schema, in the
+    dataset's units (class index, 0/1, or a number in range; NaN = unknown = unspecified).
+    """
+
+    inputs = ("images", "labels", "unspecified")
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, unspecified: torch.Tensor):
+        names = self.method.concealed.names
+        codes = self.method.release_codes(images)  # μ (after the eraser, if any): what `conceal encode` releases
+        columns = {name: labels[:, j] for j, name in enumerate(names)}
+        masks = {name: unspecified[:, j] for j, name in enumerate(names)}
+        return self.method.decode(codes, columns, masks), codes
+
+    @classmethod
+    def example_inputs(cls, method, batch, generator):
+        inputs = super().example_inputs(method, batch, generator)
+        columns = []
+        for label in method.concealed:
+            if label.kind == "continuous":
+                lo, hi = label.range
+                columns.append(lo + (hi - lo) * torch.rand(batch, generator=generator))
+            else:
+                columns.append(torch.randint(0, label.n_classes, (batch,), generator=generator).float())
+        inputs["labels"] = torch.stack(columns, dim=1)  # (N, L)
+        inputs["unspecified"] = torch.rand(batch, len(columns), generator=generator) < 0.3  # (N, L) bool
+        return inputs
+
+    @classmethod
+    def describe_inputs(cls, method):
+        out = super().describe_inputs(method)
+        cols = []
+        for label in method.concealed:
+            if label.kind == "continuous":
+                cols.append(f"{label.name} (number in {label.range[0]:g}..{label.range[1]:g})")
+            else:
+                cols.append(f"{label.name} (class index: {', '.join(f'{i}={c}' for i, c in enumerate(label.classes))})")
+        out["labels"] = f"(N, {len(cols)}) float32, columns: " + "; ".join(cols) + "; NaN = unspecified"
+        out["unspecified"] = f"(N, {len(cols)}) bool, same columns: true = render this attribute as unspecified"
+        return out
+
+    @classmethod
+    def api_feed(cls, api, images, as_=None):
+        feed = super().api_feed(api, images)
+        labels, unspecified = api.attribute_tensors(as_ or {}, len(images))
+        names = api.schema.names
+        feed["labels"] = torch.stack([labels[n] for n in names], dim=1).cpu().numpy().astype(np.float32)
+        feed["unspecified"] = torch.stack([unspecified[n] for n in names], dim=1).cpu().numpy()
+        return feed
+
+
 class ConcealVAE(Method):
     name = "concealer"
     Config = ConcealerConfig
+    Graph = ConcealerGraph
     releases = ("codes", "images")
+    shown_losses = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")
+    cli_options = {"latent": "latent size (48 or 100 in the paper)"}
+    audit = "conceal.audit.concealer:audit_concealer"
 
     def __init__(self, cfg: ConcealerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
@@ -226,25 +287,17 @@ class Concealer(ModelAPI):
     """
 
     method_class = ConcealVAE
-
-    @property
-    def vae(self) -> ConcealVAE:
-        return self.method  # type: ignore[return-value]
+    method: ConcealVAE
+    apply_options = ("as_",)
 
     @property
     def schema(self) -> LabelSchema:
         """The attributes this model renders (a subset of the training data's labels)."""
-        return self.vae.concealed
+        return self.method.concealed
 
-    @torch.inference_mode()
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> concealed codes μ (N, latent) float32; deterministic."""
-        images = self.check_images(images)
-        out = [
-            self.vae.release_codes(to_tensor_images(images[i : i + self.batch_size], self.vae.device)).cpu().numpy()
-            for i in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.vae.cfg.latent), np.float32)
+        return self.map_batches(images, lambda x: self.method.release_codes(x).float().cpu().numpy(), (self.method.cfg.latent,))
 
     def attribute_tensors(self, attributes: dict[str, Any], n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """User attributes -> label tensors + "unspecified" masks for n rows.
@@ -260,21 +313,21 @@ class Concealer(ModelAPI):
                 self.schema.parse({k: None})  # raises the unknown-attribute error
         for label in self.schema:
             value = parsed.get(label.name, float("nan"))
-            labels[label.name] = torch.full((n,), value, device=self.vae.device)
-            unspecified[label.name] = torch.full((n,), label.name not in parsed, device=self.vae.device)
+            labels[label.name] = torch.full((n,), value, device=self.method.device)
+            unspecified[label.name] = torch.full((n,), label.name not in parsed, device=self.method.device)
         return labels, unspecified
 
     @torch.inference_mode()
     def decode(self, codes: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
         """codes (N, latent) + attributes {"gender": "female", "age": 40, ...} -> (N, H, W, 3) uint8."""
         codes = np.asarray(codes, dtype=np.float32)
-        if codes.ndim != 2 or codes.shape[1] != self.vae.cfg.latent:
-            raise ValueError(f"codes must have shape (N, {self.vae.cfg.latent}), not {codes.shape}")
+        if codes.ndim != 2 or codes.shape[1] != self.method.cfg.latent:
+            raise ValueError(f"codes must have shape (N, {self.method.cfg.latent}), not {codes.shape}")
         out = []
         for i in range(0, len(codes), self.batch_size):
-            z = torch.from_numpy(codes[i : i + self.batch_size]).to(self.vae.device)
+            z = torch.from_numpy(codes[i : i + self.batch_size]).to(self.method.device)
             labels, unspecified = self.attribute_tensors(attributes, len(z))
-            out.append(to_uint8_images(self.vae.decode(z, labels, unspecified)))
+            out.append(to_uint8_images(self.method.decode(z, labels, unspecified)))
         s = self.image_size
         return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
 
@@ -287,4 +340,5 @@ class Concealer(ModelAPI):
 
     def check_options(self, as_: dict[str, Any] | None = None) -> None:
         self.attribute_tensors(as_ or {}, 1)
+
 

@@ -143,7 +143,7 @@ def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np
     where the label groups' spreads differ (``fit_covariance_eraser``), against non-linear attackers.
     Returns what was fitted (for model.json). A new eraser replaces any earlier one: it is fitted on raw codes.
     """
-    from .base import to_tensor_images
+    from .blocks import to_tensor_images
 
     method.eval()
     with torch.inference_mode():

@@ -56,7 +56,7 @@ from torch import nn
 
 from ..config import setting
 from ..data.schema import Label, LabelSchema
-from .base import Batch, Method, ModelAPI, to_tensor_images, to_uint8_images
+from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
 from .blocks import AttributeHeads
 
 CLASSIFIER_BLOCKS = 4  # Φ halves the image 4 times: the image size must be a multiple of 16
@@ -73,6 +73,10 @@ class MaskerConfig:
     masker_width: int = setting(16, at_least=1)  # channels of the U-Net's first level; doubles per level
     classifier_width: int = setting(32, at_least=1)  # channels of Φ's first conv block; doubles per block
     dense: int = setting(128, at_least=1)  # width of Φ's dense layer
+
+    @classmethod
+    def tiny(cls) -> "MaskerConfig":
+        return cls(task="smile", masker_width=4, classifier_width=4, dense=8)
 
 
 # --- derived task labels ------------------------------------------------------------------------
@@ -200,11 +204,22 @@ def frozen(module: nn.Module):
         module.requires_grad_(True).train(was_training)
 
 
+class MaskerGraph(ReleaseGraph):
+    """images (N, 3, S, S) -> released m_topK ⊙ x (N, 3, S, S)."""
+
+    def forward(self, images: torch.Tensor):
+        return self.method(images)
+
+
 class MaskGenerator(Method):
     name = "masker"
     Config = MaskerConfig
+    Graph = MaskerGraph
     releases = ("images",)
     fastest_backend = "onnxruntime"  # 97% of the matmul peak vs torch's 47% (benchmarks/PROFILING.md)
+    shown_losses = ("loss", "task_ce", "uniform_ce")
+    cli_options = {"keep": "fraction K of pixels the mask keeps", "task": "the label the released pixels must keep"}
+    audit = "conceal.audit.masker:audit_masker"
 
     def __init__(self, cfg: MaskerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
@@ -308,35 +323,21 @@ class Masker(ModelAPI):
     """
 
     method_class = MaskGenerator
-
-    @property
-    def generator(self) -> MaskGenerator:
-        return self.method  # type: ignore[return-value]
-
-    @torch.inference_mode()
-    def _map_batches(self, images: np.ndarray, release, empty_shape: tuple[int, ...]) -> np.ndarray:
-        """Run ``release`` ((B, 3, H, W) float -> numpy) over batches of checked uint8 images."""
-        images = self.check_images(images)
-        out = [
-            release(to_tensor_images(images[i : i + self.batch_size], self.generator.device))
-            for i in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(out) if out else np.zeros(empty_shape, np.uint8)
+    method: MaskGenerator
+    extra_outputs = ("mask",)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the released images m_topK ⊙ x, (N, H, W, 3) uint8."""
         if self.onnx is not None:
             return self.apply_onnx(images)
         s = self.image_size
-        return self._map_batches(images, lambda x: to_uint8_images(self.generator(x)), (0, s, s, 3))
-
-    def check_options(self) -> None:
-        """A masker's release takes no options, so any (``--as``) is refused before files are read."""
+        return self.map_batches(images, lambda x: to_uint8_images(self.method(x)), (s, s, 3), np.uint8)
 
     def masks(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the released masks m_topK, (N, H, W) uint8 (255 = fully kept)."""
         s = self.image_size
-        return self._map_batches(images, lambda x: self.generator.masks(x)[1].squeeze(1).mul(255).round().byte().cpu().numpy(), (0, s, s))
+        release = lambda x: self.method.masks(x)[1].squeeze(1).mul(255).round().byte().cpu().numpy()  # noqa: E731
+        return self.map_batches(images, release, (s, s), np.uint8)
 
 
 # --- baseline releases ---------------------------------------------------------------------------
@@ -405,6 +406,6 @@ def pixelate(images: np.ndarray, cells: int) -> np.ndarray:
 
 
 __all__ = [
-    "AGE_GROUP", "DERIVED_LABELS", "MaskGenerator", "Masker", "MaskerConfig", "block_center", "blur_center", "center_box",
+    "AGE_GROUP", "DERIVED_LABELS", "MaskGenerator", "Masker", "MaskerConfig", "MaskerGraph", "block_center", "blur_center", "center_box",
     "original", "pixelate", "top_k_mask",
 ]

@@ -1,4 +1,7 @@
-"""Training: one loop (``loop.fit``) and one checkpoint format (``checkpoint``) for every method."""
+"""Training: one loop (``loop.fit``) for every method, and a run's checkpoint (``checkpoint``: the model
+files of ``conceal.modelfile`` plus optimizer, RNG and loop state for ``--resume``).
+
+Nothing outside training imports this package: loading a model needs only ``conceal.methods``."""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..data import FaceArrays, open_dataset
-from ..methods import build_method
-from safetensors.torch import load_file
+from ..methods import build_method, load_model
+from ..modelfile import model_dir, read_weights
 
 from . import distributed
-from .checkpoint import load_model, model_dir, save_checkpoint
+from .checkpoint import save_checkpoint
 from .loop import fit
 
 
@@ -35,7 +38,7 @@ def init_weights(method, init_from: str | Path) -> str:
     ConfigError when no module fits (a model of another method or architecture altogether).
     """
     source = model_dir(init_from)
-    saved = load_file(source / "model.safetensors")
+    saved = read_weights(source)
     own = method.state_dict()
     modules = sorted({k.split(".")[0] for k in own})
     fits = {m: all(k in saved and saved[k].shape == v.shape for k, v in own.items() if k.split(".")[0] == m) for m in modules}

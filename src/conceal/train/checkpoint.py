@@ -23,13 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import RunConfig, from_dict, save_toml, to_dict
-from ..data.schema import LabelSchema
+from ..config import RunConfig
 from ..errors import CheckpointError
-from ..methods import Method, build_method, method_class
-from ..methods.blocks import has_folded_batch_norm
+from ..methods import Method, load_model  # noqa: F401  (load_model: the old import path)
+from ..modelfile import FORMAT, is_complete, model_dir, read_model_info, write_model_files  # noqa: F401  (the old import paths)
 
-FORMAT = "conceal-model/1"
 
 
 def _flatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -54,26 +52,6 @@ def _unflatten_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, m
     for idx, entries in meta[name]["plain_state"].items():
         state.setdefault(int(idx), {}).update(entries)
     opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
-
-
-def write_model_files(directory: Path, method: Method, run_cfg: RunConfig, extra: dict | None = None) -> None:
-    """model.safetensors + model.json + config.toml into ``directory`` (which must exist)."""
-    if has_folded_batch_norm(method):
-        raise CheckpointError(f"this {method.name} model has its batch norms folded for inference (load it without "
-                              "fold_batch_norm to train or save it): its weights would not load as the method's")
-    weights = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-    save_file(weights, directory / "model.safetensors", metadata={"format": FORMAT, "method": method.name})
-    info = {
-        "format": FORMAT,
-        "method": method.name,
-        "model_config": to_dict(method.cfg),
-        "schema": method.schema.to_json(),
-        "image_size": method.image_size,
-        "data": to_dict(run_cfg.data),
-        **(extra or {}),
-    }
-    (directory / "model.json").write_text(json.dumps(info, indent=2))
-    save_toml(run_cfg, directory / "config.toml")
 
 
 def save_checkpoint(run_dir: Path, method: Method, run_cfg: RunConfig, optimizers: dict, state: dict) -> Path:
@@ -119,96 +97,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def is_complete(directory: Path) -> bool:
-    """A checkpoint whose every file was written: train_state.json, written (and flushed) last, parses."""
-    try:
-        json.loads((Path(directory) / "train_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return all((Path(directory) / name).is_file() for name in ("model.json", "model.safetensors", "train_state.safetensors"))
-
-
-def model_dir(path: str | Path) -> Path:
-    """Accept a model directory (models/NAME), a checkpoint directory, or a run directory."""
-    path = Path(path)
-    for candidate in (path, path / "checkpoint", path / ".checkpoint.tmp", path / ".checkpoint.old"):
-        if candidate.name == ".checkpoint.tmp" and not is_complete(candidate):
-            continue  # a checkpoint being written when the run died
-        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
-            return candidate
-    raise CheckpointError(f"no model found at {path} (expected model.json + model.safetensors, or a run directory)")
-
-
-# model.json key -> (type, what it must be): checked on every read, so a tampered file fails in one line
-INFO_FIELDS = {"method": (str, "a method name"), "model_config": (dict, "a table of settings"),
-               "schema": (list, "a list of labels"), "image_size": (int, "a number of pixels")}
-
-
-def read_model_info(path: str | Path) -> dict:
-    """model.json of the model at ``path``: readable JSON in the conceal format (``load_model`` checks the rest)."""
-    directory = model_dir(path)
-    where = directory / "model.json"
-    try:
-        info = json.loads(where.read_bytes().decode("utf-8"))
-    except (ValueError, OSError) as e:  # JSON and UTF-8 errors are ValueErrors; a folder named model.json, OSError
-        raise CheckpointError(f"{where} is not a readable JSON file ({type(e).__name__}: {e})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        got = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise CheckpointError(f"{directory} is not a conceal model (format {got!r}, expected {FORMAT})")
-    return info
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors as name -> tensor, or one line saying why it cannot be read."""
-    try:
-        return load_file(directory / "model.safetensors")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{directory / 'model.safetensors'} is not a readable safetensors file "
-                              f"(truncated or corrupt? {' '.join(str(e).split())[:120]})") from None
-
-
-def check_weights(directory: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
-    """The saved tensors must be exactly the network's (names, shapes) and finite: a file that loads
-    "mostly" would release black or garbage images instead of failing."""
-    where = directory / "model.safetensors"
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or extra:
-        parts = ([f"missing {len(missing)} tensor(s) ({', '.join(missing[:3])})"] if missing else []) + (
-            [f"{len(extra)} unexpected tensor(s) ({', '.join(extra[:3])})"] if extra else [])
-        raise CheckpointError(f"{where} does not fit the network model.json describes: {'; '.join(parts)}")
-    for name, tensor in expected.items():
-        if found[name].shape != tensor.shape:
-            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(found[name].shape)}, the network "
-                                  f"model.json describes needs {tuple(tensor.shape)}")
-        if found[name].is_floating_point() and not torch.isfinite(found[name]).all():
-            raise CheckpointError(f"{where}: tensor {name} holds NaN or infinite values")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
-    """Rebuild a method from model.json and load its safetensors weights (no code is executed)."""
-    directory = model_dir(path)
-    info = read_model_info(directory)
-    for key, (kind, what) in INFO_FIELDS.items():
-        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
-            raise CheckpointError(f"{directory / 'model.json'}: {key} must be {what}, not {info.get(key)!r}")
-    try:
-        cls = method_class(info["method"])
-        cfg = from_dict(cls.Config, info["model_config"], "model")
-        try:
-            schema = LabelSchema.from_json(info["schema"])
-        except (KeyError, TypeError, AttributeError) as e:  # an entry without name/kind, or not a table
-            raise ValueError(f"schema: every label must be a table with a name and a kind ({type(e).__name__}: {e})") from None
-        if info["image_size"] < 8:
-            raise ValueError(f"image_size must be at least 8, not {info['image_size']}")
-        method = build_method(info["method"], cfg, schema, info["image_size"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ConfigError and LabelError are ValueErrors
-        raise CheckpointError(f"{directory / 'model.json'}: {e.args[0] if e.args else type(e).__name__}") from None
-    weights = read_weights(directory)
-    check_weights(directory, method.state_dict(), weights)
-    method.load_state_dict(weights)
-    return method.to(device).eval()
 
 
 def load_train_state(run_dir: Path, method: Method, optimizers: dict) -> dict:

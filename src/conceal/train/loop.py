@@ -23,7 +23,6 @@ from ..methods.base import Batch, Method, to_tensor_images
 from . import distributed
 from .checkpoint import load_train_state, save_checkpoint
 
-SHOWN = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")  # loss terms on the progress bar
 POINTS_PER_EPOCH = 8  # train-loss points per epoch on the loss curves, so a short run draws lines, not dots
 
 
@@ -243,7 +242,7 @@ def fit(
                 steps_here += 1
                 if (b + 1) % math.ceil(n_batches / POINTS_PER_EPOCH) == 0 or b + 1 == n_batches:
                     state.setdefault("curve", []).append({"epoch": epoch, "batch": b + 1, "of": n_batches, "sums": dict(sums)})
-                shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in SHOWN}
+                shown = {k: f"{v / (b + 1):.3g}" for k, v in sums.items() if k in method.shown_losses}
                 bar.set_postfix(shown | {"img/s": f"{tc.batch_size * (b + 1 - first) / max(step_time, 1e-9):.0f}"})
                 elapsed_min = (time.monotonic() - began) / 60
                 if distributed.any_process(stop.requested or bool(tc.max_minutes and elapsed_min >= tc.max_minutes), world, device) or (
