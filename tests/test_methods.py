@@ -221,7 +221,8 @@ def test_fold_batch_norm_refuses_a_training_module(synthetic_small, tiny_method)
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_folded_api_applies_like_the_unfolded_one_and_cannot_be_saved(name, tiny_models, synthetic_small, tmp_path):
     from conceal.methods import load_api
-    from conceal.modelfile import ModelFileError as CheckpointError, write_model_files
+    from conceal.errors import CheckpointError
+    from conceal.modelfile import write_model_files
 
     plain, folded = load_api(tiny_models[name]), load_api(tiny_models[name], fold_batch_norm=True)
     assert _conv_bn_pairs(folded.method) == 0
