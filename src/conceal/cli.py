@@ -21,24 +21,10 @@ from . import __version__
 from .config import ConfigError, DataConfig, TrainConfig, build_run_config
 from .data import DATASETS, DataError, LabelError, open_dataset
 from .data.images import ImageReadError
+from .data.schema import parse_attributes as _parse_attributes  # the --as parser (the service parses it alike)
 from .errors import CheckpointError, ExportError
 
 USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointError, ExportError)
-
-
-def _parse_attributes(text: str | None) -> dict[str, str]:
-    """'gender=female,age=40' -> {'gender': 'female', 'age': '40'}; a name given twice is refused, not last-wins."""
-    if not text:
-        return {}
-    out = {}
-    for part in text.split(","):
-        if "=" not in part or not part.split("=", 1)[0].strip():
-            raise LabelError(f"--as takes name=value pairs separated by commas, not {part!r}")
-        k, v = (s.strip() for s in part.split("=", 1))
-        if k in out:
-            raise LabelError(f"--as names {k!r} twice ({k}={out[k]}, {k}={v}): give each attribute once")
-        out[k] = v
-    return out
 
 
 # --- conceal data info --------------------------------------------------------------------------

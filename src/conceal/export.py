@@ -22,13 +22,16 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ExportError
-from .methods import Method, ModelAPI
+
+if TYPE_CHECKING:  # export works on any method's Graph and sits below the methods (their APIs use it)
+    from .methods import Method, ModelAPI
 
 OPSET = 17
 

@@ -142,3 +142,18 @@ GENDER = Label("gender", "binary", ("male", "female"))
 AGE = Label("age", "continuous", range=(0.0, 116.0))
 RACE = Label("race", "categorical", ("white", "black", "asian", "indian", "other"))
 UTKFACE_SCHEMA = LabelSchema((AGE, GENDER, RACE))
+
+
+def parse_attributes(text: str | None) -> dict[str, str]:
+    """'gender=female,age=40' -> {'gender': 'female', 'age': '40'}; a name given twice is refused, not last-wins."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        if "=" not in part or not part.split("=", 1)[0].strip():
+            raise LabelError(f"--as takes name=value pairs separated by commas, not {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        if k in out:
+            raise LabelError(f"--as names {k!r} twice ({k}={out[k]}, {k}={v}): give each attribute once")
+        out[k] = v
+    return out

@@ -35,7 +35,7 @@ class ServedModel:
             return {}
         if not self.takes_attributes:
             raise ConfigError(f"--as is not an option of a {self.method} model")
-        from ..cli import _parse_attributes  # the CLI's own --as parser: the same values, the same one-line errors
+        from ..data.schema import parse_attributes as _parse_attributes  # the CLI's own --as parser: the same values, the same one-line errors
 
         options = {"as_": _parse_attributes(as_text)}
         self.api.check_options(**options)
