@@ -161,7 +161,7 @@ def run_decode(model, codes_path: Path, out: Path, as_: dict[str, Any] | None = 
     if not hasattr(model, "decode"):
         raise DataError(f"a {model.method.name} model does not render codes (only the concealer's decoder does)")
     model.check_options(as_=as_ or {})
-    arrays = read_codes(codes_path, model.vae.cfg.latent)
+    arrays = read_codes(codes_path, model.method.cfg.latent)
     codes, paths = arrays["codes"], [str(p) for p in arrays["paths"]]
     attributes = [dict(as_ or {}) for _ in paths]
     missing: list[str] = []
