@@ -130,7 +130,7 @@ def test_api_and_generic_checkpoint(synthetic_small, tmp_path):
     with pytest.raises(ValueError):
         model.encode(np.zeros((2, 64, 64, 3), np.uint8))
     assert model.apply_options == ()  # the CLI refuses --as for it
-    with pytest.raises(ConfigError, match="as_ is not an apply option of anonymizer models"):
+    with pytest.raises(ConfigError, match="--as is not an option of anonymizer models"):
         model.check_options(as_={"gender": "female"})
 
 

@@ -177,7 +177,7 @@ def test_cli_apply_save_mask(masker_run, synthetic_small, tmp_path, capsys):
     assert "wrote 3 images" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([f"face{i}.png" for i in range(3)] + [f"face{i}_mask.png" for i in range(3)] + ["manifest.jsonl"])
     assert main(["apply", str(masker_run), str(inputs), "-o", str(tmp_path / "o2"), "--as", "gender=female"]) == 2
-    assert "--as is not an option of a masker model" in capsys.readouterr().err
+    assert "--as is not an option of masker models" in capsys.readouterr().err
 
 
 # --- learning ------------------------------------------------------------------------------------

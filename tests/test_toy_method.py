@@ -113,7 +113,7 @@ def test_a_toy_method_goes_through_every_command(toy, tmp_path, capsys):
     assert main(["apply", str(run), str(photos), "-o", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 3
     assert main(["apply", str(run), str(photos), "-o", str(tmp_path / "out2"), "--as", "gender=female"]) == 2
-    assert "not an apply option of toy models" in capsys.readouterr().err  # one line, exit 2
+    assert "--as is not an option of toy models" in capsys.readouterr().err  # one line, exit 2
 
     assert main(["export", str(run), "-o", str(tmp_path / "toy.onnx")]) == 0
     printed = capsys.readouterr().out

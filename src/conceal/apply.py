@@ -90,10 +90,7 @@ def check_options(model, options: ApplyOptions) -> None:
                           "aligned to the model's training crop and pasted back at the photo's size")
     if options.crop is not None and not 0 < options.crop <= 1:
         raise ConfigError(f"--crop must be in (0, 1], not {options.crop}")
-    try:
-        model.check_options(**({"as_": options.as_} if options.as_ is not None else {}))
-    except TypeError:
-        raise ConfigError(f"--as is not an option of a {model.method.name} model") from None
+    model.check_options(**({"as_": options.as_} if options.as_ is not None else {}))
     if options.save_mask and not hasattr(model, "masks"):
         raise ConfigError(f"--save-mask needs a model that releases a mask, not a {model.method.name} model")
     if options.detect:

@@ -242,5 +242,6 @@ class ModelAPI:
 
         Here: only the options ``apply_options`` names; a method with options checks their values too."""
         unknown = sorted(set(options) - set(self.apply_options))
-        if unknown:
-            raise ConfigError(f"{', '.join(unknown)} is not an apply option of {self.method.name} models")
+        if unknown:  # named as the CLI's flags (as_ -> --as), the words the CLI and the service both show
+            flags = ", ".join("--" + name.rstrip("_").replace("_", "-") for name in unknown)
+            raise ConfigError(f"{flags} is not an option of {self.method.name} models")

@@ -34,7 +34,7 @@ class ServedModel:
         if not as_text:
             return {}
         if not self.takes_attributes:
-            raise ConfigError(f"--as is not an option of a {self.method} model")
+            raise ConfigError(f"--as is not an option of {self.method} models")
         from ..data.schema import parse_attributes as _parse_attributes  # the CLI's own --as parser: the same values, the same one-line errors
 
         options = {"as_": _parse_attributes(as_text)}
