@@ -20,7 +20,7 @@ from conceal.cli import main
 from conceal.config import ConfigError, RunConfig, TrainConfig
 from conceal.data.synthetic import SyntheticFaces
 from conceal.methods import load_api
-from conceal.methods.anonymizer import AIA, Anonymizer, AnonymizerConfig, contrastive_loss, pair_masks, random_baseline
+from conceal.methods.anonymizer import Anonymizer, AnonymizerNet, AnonymizerConfig, contrastive_loss, pair_masks, random_baseline
 from conceal.train import fit
 from conceal.modelfile import write_model_files
 from conceal.train.loop import make_batch
@@ -28,9 +28,9 @@ from conceal.train.loop import make_batch
 SMALL = dict(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16, embedding=8)
 
 
-def small_aia(schema, size=32, **changes) -> AIA:
+def small_aia(schema, size=32, **changes) -> AnonymizerNet:
     torch.manual_seed(0)
-    return AIA(AnonymizerConfig(**(SMALL | changes)), schema, size)
+    return AnonymizerNet(AnonymizerConfig(**(SMALL | changes)), schema, size)
 
 
 def test_shapes(synthetic_small):
@@ -207,7 +207,7 @@ def privacy_and_utility():
     held_out = SyntheticFaces(n=600, seed=2, size=32).arrays()  # other people than in training
     cfg = AnonymizerConfig(decoder_widths=(16, 8), pretrain_steps=PRETRAIN)  # the paper's α = β = 0.5
     torch.manual_seed(0)
-    method = AIA(cfg, train.schema, 32)
+    method = AnonymizerNet(cfg, train.schema, 32)
     optimizers = method.configure_optimizers(1e-3)
 
     def train_steps(method, optimizers, steps, seed):

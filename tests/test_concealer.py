@@ -10,7 +10,7 @@ from torch import nn
 from conceal.config import RunConfig, TrainConfig
 from conceal.data import LabelError
 from conceal.data.synthetic import SyntheticFaces
-from conceal.methods import Concealer, ConcealerConfig, ConcealVAE
+from conceal.methods import Concealer, ConcealerConfig, ConcealerNet
 from conceal.methods.base import to_tensor_images
 from conceal.train import fit
 
@@ -43,7 +43,7 @@ def trained_concealer(tmp_path_factory):
     cfg.data.size = 32
     cfg.model = ConcealerConfig(latent=16, width=16, classifier_weight=20.0, critic_weight=5.0)
     torch.manual_seed(0)
-    vae = ConcealVAE(cfg.model, data.schema, 32)
+    vae = ConcealerNet(cfg.model, data.schema, 32)
     fit(vae, data.subset("train"), data.subset("val"), cfg, tmp_path_factory.mktemp("concealer"), log=lambda *_: None)
     return Concealer(vae), data
 

@@ -13,7 +13,7 @@ from conceal.data.schema import UTKFACE_SCHEMA
 from conceal.methods.masker import (
     AGE_GROUP,
     MaskerConfig,
-    MaskGenerator,
+    MaskerNet,
     block_center,
     blur_center,
     center_box,
@@ -30,8 +30,8 @@ MOUTH = (slice(16, 23), slice(11, 21))
 SMALL = dict(masker_width=4, classifier_width=4, dense=8)
 
 
-def small_masker(schema, **overrides) -> MaskGenerator:
-    return MaskGenerator(MaskerConfig(task="smile", **(SMALL | overrides)), schema, 32)
+def small_masker(schema, **overrides) -> MaskerNet:
+    return MaskerNet(MaskerConfig(task="smile", **(SMALL | overrides)), schema, 32)
 
 
 # --- top-K ---------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_age_groups_are_derived_from_age():
     ages = torch.tensor([0.0, 12.0, 13.0, 19.0, 20.0, 39.0, 40.0, 59.0, 60.0, 116.0, float("nan")])
     groups = AGE_GROUP(ages)
     assert groups[:-1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and torch.isnan(groups[-1])
-    method = MaskGenerator(MaskerConfig(task="age_group", **SMALL), UTKFACE_SCHEMA, 32)
+    method = MaskerNet(MaskerConfig(task="age_group", **SMALL), UTKFACE_SCHEMA, 32)
     assert method.task.names == ["age_group"] and method.concealed.names == ["gender", "race"]
     batch = {"labels": {"age": ages, "gender": torch.zeros(11), "race": torch.zeros(11)}}
     assert torch.equal(method.task_targets(batch)["age_group"].nan_to_num(-1), groups.nan_to_num(-1))
@@ -125,7 +125,7 @@ def test_age_groups_are_derived_from_age():
 @pytest.mark.parametrize("task, error", [("age", "continuous"), ("mood", "no label 'mood'")])
 def test_bad_task_is_rejected(task, error):
     with pytest.raises((KeyError, ValueError), match=error):
-        MaskGenerator(MaskerConfig(task=task, **SMALL), UTKFACE_SCHEMA, 32)
+        MaskerNet(MaskerConfig(task=task, **SMALL), UTKFACE_SCHEMA, 32)
 
 
 # --- baselines -----------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_mask_concentrates_on_the_mouth_for_smile():
     try:
         data = SyntheticFaces(n=1500, seed=0, size=32).arrays()
         torch.manual_seed(1)
-        method = MaskGenerator(MaskerConfig(task="smile", masker_width=8, classifier_width=16, dense=32), data.schema, 32)
+        method = MaskerNet(MaskerConfig(task="smile", masker_width=8, classifier_width=16, dense=32), data.schema, 32)
         optimizers = method.configure_optimizers(1e-3)
         train, held_out = np.flatnonzero(data.split == "train"), np.flatnonzero(data.split != "train")
         rng = np.random.default_rng(0)

@@ -3,9 +3,12 @@
 Each method is a family of three classes in its own module: the network (a ``Method``), its user API
 (a ``ModelAPI``) and its export graph (a ``ReleaseGraph``):
 
-- concealer: ``ConcealVAE`` / ``Concealer`` / ``ConcealerGraph`` (BAFO, Hanukoglu et al. 2020);
-- masker: ``MaskGenerator`` / ``Masker`` / ``MaskerGraph`` (Gupta et al. 2021);
-- anonymizer: ``AIA`` / ``Anonymizer`` / ``AnonymizerGraph`` (AIA, Mosallanezhad et al. 2020).
+- concealer: ``ConcealerNet`` / ``Concealer`` / ``ConcealerGraph`` (the paper's BAFO VAE, Hanukoglu et al. 2020);
+- masker: ``MaskerNet`` / ``Masker`` / ``MaskerGraph`` (the paper's mask generator, Gupta et al. 2021);
+- anonymizer: ``AnonymizerNet`` / ``Anonymizer`` / ``AnonymizerGraph`` (the paper's AIA, Mosallanezhad et al. 2020).
+
+The networks were named ``ConcealVAE``, ``MaskGenerator`` and ``AIA`` before; no model file stores a
+class name (model.json names the method), so every saved model loads under the new names.
 
 Importing this package imports no torch; the classes below load their module when first named.
 """
@@ -21,9 +24,9 @@ from .registry import (
 # Class -> the module it is imported from when first named (``from conceal.methods import Concealer``).
 _CLASSES = {
     "Method": "base", "ModelAPI": "base", "ReleaseGraph": "base",
-    "ConcealVAE": "concealer", "Concealer": "concealer", "ConcealerConfig": "concealer",
-    "MaskGenerator": "masker", "Masker": "masker",
-    "AIA": "anonymizer", "Anonymizer": "anonymizer",
+    "ConcealerNet": "concealer", "Concealer": "concealer", "ConcealerConfig": "concealer",
+    "MaskerNet": "masker", "Masker": "masker",
+    "AnonymizerNet": "anonymizer", "Anonymizer": "anonymizer",
 }
 
 

@@ -203,7 +203,9 @@ class AnonymizerGraph(ReleaseGraph):
         return self.method.decode(codes).repeat(1, 3, 1, 1), codes
 
 
-class AIA(Method):
+class AnonymizerNet(Method):
+    """The anonymizer's network: the paper's AIA (autoencoder, gender adversary, Siamese utility network)."""
+
     name = "anonymizer"
     Config = AnonymizerConfig
     Graph = AnonymizerGraph
@@ -370,7 +372,7 @@ class AIA(Method):
 
 
 class Anonymizer(ModelAPI):
-    """The user-facing API of a trained AIA model.
+    """The user-facing API of a trained anonymizer (AnonymizerNet).
 
     >>> model = Anonymizer.load("runs/anonymizer-lfw")
     >>> codes = model.encode(images)       # (N, d) float32: the released representation g
@@ -380,8 +382,8 @@ class Anonymizer(ModelAPI):
     Images are (N, H, W, 3) uint8 at the model's size (``image_size``), or one (H, W, 3) image.
     """
 
-    method_class = AIA
-    method: AIA
+    method_class = AnonymizerNet
+    method: AnonymizerNet
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> g (N, d) float32; deterministic."""

@@ -7,7 +7,7 @@ listed in ``Method`` are what shared code reads, through ``conceal.methods.regis
 branching on method names.
 
 Three classes make a method, named as one family (network, user API, export graph), e.g.
-``ConcealVAE`` / ``Concealer`` / ``ConcealerGraph``.
+``ConcealerNet`` / ``Concealer`` / ``ConcealerGraph``.
 """
 
 from __future__ import annotations

@@ -118,7 +118,9 @@ class ConcealerGraph(ReleaseGraph):
         return feed
 
 
-class ConcealVAE(Method):
+class ConcealerNet(Method):
+    """The concealer's network: the paper's BAFO VAE (encoder, label-conditioned decoder, critic, image classifier)."""
+
     name = "concealer"
     Config = ConcealerConfig
     Graph = ConcealerGraph
@@ -174,7 +176,7 @@ class ConcealVAE(Method):
 
     # --- training ------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> "ConcealVAE":
+    def train(self, mode: bool = True) -> "ConcealerNet":
         """Training after `conceal erase` (``conceal train --init-from`` an erased model) adapts the decoder to
         erased codes. The encoder stays frozen, batch-norm statistics included: the eraser was fitted to it,
         and a moving encoder could put the erased labels back into the code in other directions."""
@@ -286,8 +288,8 @@ class Concealer(ModelAPI):
     Images are (N, H, W, 3) uint8 at the model's size (``image_size``), or one (H, W, 3) image.
     """
 
-    method_class = ConcealVAE
-    method: ConcealVAE
+    method_class = ConcealerNet
+    method: ConcealerNet
     apply_options = ("as_",)
 
     @property

@@ -211,7 +211,9 @@ class MaskerGraph(ReleaseGraph):
         return self.method(images)
 
 
-class MaskGenerator(Method):
+class MaskerNet(Method):
+    """The masker's network: the paper's mask generator (a U-Net) and the task classifier it is trained against."""
+
     name = "masker"
     Config = MaskerConfig
     Graph = MaskerGraph
@@ -322,8 +324,8 @@ class Masker(ModelAPI):
     >>> masks = model.masks(images)      # (N, H, W) uint8: the released mask m_topK, scaled to 0..255
     """
 
-    method_class = MaskGenerator
-    method: MaskGenerator
+    method_class = MaskerNet
+    method: MaskerNet
     extra_outputs = ("mask",)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
@@ -406,6 +408,6 @@ def pixelate(images: np.ndarray, cells: int) -> np.ndarray:
 
 
 __all__ = [
-    "AGE_GROUP", "DERIVED_LABELS", "MaskGenerator", "Masker", "MaskerConfig", "MaskerGraph", "block_center", "blur_center", "center_box",
+    "AGE_GROUP", "DERIVED_LABELS", "MaskerNet", "Masker", "MaskerConfig", "MaskerGraph", "block_center", "blur_center", "center_box",
     "original", "pixelate", "top_k_mask",
 ]

@@ -19,9 +19,9 @@ from ..errors import CheckpointError
 from ..modelfile import load_method, read_model_info
 
 BUILTIN = {
-    "concealer": "conceal.methods.concealer:ConcealVAE",
-    "masker": "conceal.methods.masker:MaskGenerator",
-    "anonymizer": "conceal.methods.anonymizer:AIA",
+    "concealer": "conceal.methods.concealer:ConcealerNet",
+    "masker": "conceal.methods.masker:MaskerNet",
+    "anonymizer": "conceal.methods.anonymizer:AnonymizerNet",
 }
 
 # Class attributes every registered Method declares (checked by register_method; see base.Method).
