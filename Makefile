@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch from this machine's disk; any other spelling pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,judges,export,photos,serve]'
+	$(BIN)/pip install -q -e '.[dev,judges,export,photos,serve,ray]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

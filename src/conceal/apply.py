@@ -256,6 +256,15 @@ class ApplySummary:
     skipped: dict[str, str] = field(default_factory=dict)
     resumed: int = 0  # inputs already in the manifest
 
+    def add(self, input_path: str, output: str | None, status: str, reason: str | None) -> None:
+        """Count one input as its manifest line records it."""
+        if status == "skipped":
+            self.skipped[input_path] = reason or "skipped"
+        else:
+            self.written += output is not None
+            if status == "no_face":
+                self.no_face.append(input_path)
+
     def line(self, on_no_face: str) -> str:
         parts = [f"wrote {plural(self.written, 'image')} to {self.out}"]
         if self.resumed:
@@ -269,9 +278,35 @@ class ApplySummary:
         return "; ".join(parts)
 
 
-def run_apply(model, inputs: list[Path], out: Path, options: ApplyOptions, names: str = "keep", overwrite: bool = False,
-              resume: bool = False, progress: bool = False, batch: int | None = None) -> ApplySummary:
-    """Conceal every image among ``inputs`` (files and folders) into the folder ``out``; see the module doc."""
+@dataclass
+class ApplyPlan:
+    """What a run into ``out`` will do, decided (and refused, in one line) before any image is read: the
+    same for ``run_apply`` and the Ray engine (``conceal.ray_apply``), so both write the same files."""
+
+    out: Path
+    files: list[Path]  # every image file among the inputs, in order
+    names: dict[Path, dict[str, str]]  # file -> {kind: output path under out}
+    todo: list[Path]  # the files a resumed run has not done yet (all of them otherwise)
+    skipped: dict[str, str]  # not an image file -> reason
+    done: dict[str, dict]  # the manifest's records (resume)
+    resume: bool
+    replace: bool  # an output may replace a file there (--overwrite, or --resume's own unlisted outputs)
+
+    def open_manifest(self):
+        """The manifest, opened for this run's lines, the non-image inputs' lines already in it."""
+        log = open(self.out / MANIFEST, "a" if self.resume else "w", encoding="utf-8")
+        for path, reason in self.skipped.items():
+            if path not in self.done:
+                log.write(manifest_line(path, None, PhotoResult("skipped", reason)) + "\n")
+        return log
+
+    def summary(self) -> ApplySummary:
+        return ApplySummary(self.out, skipped=dict(self.skipped), resumed=len(self.files) - len(self.todo))
+
+
+def plan_apply(model, inputs: list[Path], out: Path, options: ApplyOptions, names: str = "keep", overwrite: bool = False,
+               resume: bool = False) -> ApplyPlan:
+    """Check everything a run can check up front, warn about label-like names, create ``out``: see ``run_apply``."""
     check_options(model, options)
     out = Path(out)
     check_output_folder(out, inputs)
@@ -284,46 +319,76 @@ def run_apply(model, inputs: list[Path], out: Path, options: ApplyOptions, names
         raise DataError(f"{out} holds a previous run ({MANIFEST}): --resume to continue it, --overwrite to replace its files")
     plan = output_names(inputs, files, options.kinds(), names)
     todo = [f for f in files if str(f) not in done]
-    if not overwrite:
-        # Outputs of inputs not yet done: a file there is someone else's (a resumed run wrote its
-        # manifest line after each file, so its own finished outputs belong to inputs it lists).
-        existing = [out / n for f in todo for n in plan[f].values() if (out / n).exists()]
-        if existing and not resume:
-            raise DataError(f"{plural(len(existing), 'output')} already exist (e.g. {existing[0]}): --overwrite to replace them")
+    # Outputs of inputs not yet done: a file there is someone else's (a resumed run wrote its manifest line
+    # after each file, so its own finished outputs belong to inputs it lists).
+    existing = [out / n for f in todo for n in plan[f].values() if (out / n).exists()]
+    if existing and not (overwrite or resume):
+        raise DataError(f"{plural(len(existing), 'output')} already exist (e.g. {existing[0]}): --overwrite to replace them")
+    inputs_there = {f.resolve() for f in files} & {p.resolve() for p in existing}
+    if inputs_there:  # write_image refuses too; this says so before any work (a Ray worker only knows its chunk)
+        raise DataError(f"refusing to overwrite input {sorted(inputs_there)[0]}: it is also an output name under -o {out}")
     if names == "keep":
         labelled = [f.name for f in files if LABEL_LIKE_NAME.match(f.name)]
         if labelled:
             print(f"conceal: warning: {plural(len(labelled), 'input name')} {'looks' if len(labelled) == 1 else 'look'} like labels (e.g. {labelled[0]}: UTKFace's "
                   "age_gender_race) and are kept in the output names: --names index drops them", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    summary = ApplySummary(out, resumed=len(files) - len(todo))
-    for path, reason in skipped.items():
-        summary.skipped[path] = reason
-    batch = batch or (BATCH_NO_DETECT if not options.detect else 4)
+    return ApplyPlan(out, files, plan, todo, skipped, done, resume, overwrite or resume)
+
+
+def run_apply(model, inputs: list[Path], out: Path, options: ApplyOptions, names: str = "keep", overwrite: bool = False,
+              resume: bool = False, progress: bool = False, batch: int | None = None) -> ApplySummary:
+    """Conceal every image among ``inputs`` (files and folders) into the folder ``out``; see the module doc."""
+    plan = plan_apply(model, inputs, out, options, names, overwrite, resume)
+    summary = plan.summary()
     from tqdm import tqdm
 
-    with open(manifest, "a" if resume else "w", encoding="utf-8") as log, ThreadPoolExecutor(min(THREADS, os.cpu_count() or 1)) as pool, \
-            tqdm(total=len(todo), unit="img", disable=not progress) as bar:
-        for path, reason in skipped.items():
-            if path not in done:
-                log.write(manifest_line(path, None, PhotoResult("skipped", reason)) + "\n")
-        writes: deque = deque()
-        for chunk in _decoded_chunks(todo, pool, batch):
-            readable = [(f, img) for f, img in chunk if not isinstance(img, str)]
-            results = dict(zip([f for f, _ in readable], conceal_images(model, [img for _, img in readable], options)))
-            for f, img in chunk:
-                result = results.get(f) or PhotoResult("skipped", img)
-                outputs = {plan[f][k]: a for k, a in result.images.items()}
-                writes.append((f, result, plan[f]["image"] if "image" in result.images else None,
-                               pool.submit(_write_all, out, outputs, files, overwrite or resume)))
-            while len(writes) > 2 * batch or (writes and writes[0][3].done()):
-                _finish(writes.popleft(), log, summary)
-            bar.update(len(chunk))
-        while writes:
-            _finish(writes.popleft(), log, summary)
+    with plan.open_manifest() as log, ThreadPoolExecutor(min(THREADS, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(plan.todo), unit="img", disable=not progress) as bar:
+        for f, output, result in conceal_files(model, plan.todo, plan.names, plan.out, options, pool,
+                                               batch_size(options, batch), protect=plan.files, replace=plan.replace):
+            log.write(manifest_line(str(f), output, result) + "\n")
+            log.flush()
+            summary.add(str(f), output, result.status, result.reason)
+            bar.update()
+    check_summary(summary)
+    return summary
+
+
+def batch_size(options: ApplyOptions, batch: int | None = None) -> int:
+    """Photos per ``conceal_images`` call (with --no-detect the grouping is part of the bytes: see there)."""
+    return batch or (BATCH_NO_DETECT if not options.detect else 4)
+
+
+def check_summary(summary: ApplySummary) -> None:
     if not summary.written and not summary.resumed and not summary.no_face:
         raise DataError("no readable images among the inputs" + _reasons(summary.skipped))
-    return summary
+
+
+def conceal_files(model, files: list[Path], names: dict[Path, dict[str, str]], out: Path, options: ApplyOptions,
+                  pool: ThreadPoolExecutor, batch: int, protect: list[Path], replace: bool):
+    """Decode, conceal (``batch`` photos per model call, in order) and write ``files``; yield (file, output
+    name or None, PhotoResult) per file, in order, once its files are written (so a manifest line written
+    after it never lists a missing file). Decoding runs ahead and writing behind on ``pool``."""
+    writes: deque = deque()
+    for chunk in _decoded_chunks(files, pool, batch):
+        readable = [(f, img) for f, img in chunk if not isinstance(img, str)]
+        results = dict(zip([f for f, _ in readable], conceal_images(model, [img for _, img in readable], options)))
+        for f, img in chunk:
+            result = results.get(f) or PhotoResult("skipped", img)
+            outputs = {names[f][k]: a for k, a in result.images.items()}
+            writes.append((f, names[f]["image"] if "image" in result.images else None, result,
+                           pool.submit(_write_all, out, outputs, protect, replace)))
+        while len(writes) > 2 * batch or (writes and writes[0][3].done()):
+            yield _written(writes.popleft())
+    while writes:
+        yield _written(writes.popleft())
+
+
+def _written(entry):
+    f, output, result, written = entry
+    written.result()  # (a failed write raises here)
+    return f, output, result
 
 
 def _decoded_chunks(files: list[Path], pool: ThreadPoolExecutor, batch: int):
@@ -356,21 +421,6 @@ def _write_all(out: Path, outputs: dict[str, np.ndarray], protect: list[Path], r
         except FileExistsError:
             raise DataError(f"{out / name} appeared while this run wrote it (another run into {out}?): "
                             "--overwrite to replace it") from None
-
-
-def _finish(entry, log, summary: ApplySummary) -> None:
-    """Wait for one input's writes, then record it (manifest line after its files: a crash never lists a
-    missing file)."""
-    f, result, output, written = entry
-    written.result()
-    log.write(manifest_line(str(f), output, result) + "\n")
-    log.flush()
-    if result.status == "skipped":
-        summary.skipped[str(f)] = result.reason or "skipped"
-    else:
-        summary.written += output is not None
-        if result.status == "no_face":
-            summary.no_face.append(str(f))
 
 
 def skip_counts(skipped: dict[str, str]) -> str:

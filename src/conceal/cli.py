@@ -101,13 +101,19 @@ def cmd_apply(args) -> int:
     from .apply import ApplyOptions, run_apply
     from .methods import load_api
 
-    # Inference only (never trained or saved here), on the method's fastest backend (onnxruntime where installed and faster).
-    model = load_api(args.model, fold_batch_norm=True, backend="auto")
     options = ApplyOptions(as_=_parse_attributes(args.as_) if args.as_ is not None else None, detect=not args.no_detect,
                            min_face=args.min_face, max_faces=args.max_faces, on_no_face=args.on_no_face,
                            side_by_side=args.side_by_side, save_mask=args.save_mask, crop=args.crop, upscale=args.upscale)
-    summary = run_apply(model, args.inputs, Path(args.out), options, names=args.names, overwrite=args.overwrite,
-                        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    run = dict(names=args.names, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    if args.engine != "ray" and (args.address is not None or args.actors is not None):
+        raise ConfigError(f"{'--address' if args.address is not None else '--actors'} is for --engine ray")
+    if args.engine == "ray":  # the same per-photo code and bytes on a Ray Data actor pool
+        from .ray_apply import run_apply_ray
+
+        summary = run_apply_ray(args.model, args.inputs, Path(args.out), options, address=args.address, actors=args.actors, **run)
+    else:
+        # Inference only (never trained or saved here), on the method's fastest backend (onnxruntime where installed and faster).
+        summary = run_apply(load_api(args.model, fold_batch_norm=True, backend="auto"), args.inputs, Path(args.out), options, **run)
     print(summary.line(options.on_no_face))
     return 0
 
@@ -414,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--save-mask", action="store_true", help="masker: also write each released mask as NAME_mask.png")
     ap.add_argument("--crop", type=_crop_fraction, default=None, help="--no-detect: " + crop_help)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process; ray: a Ray Data "
+                    "actor pool, the same outputs byte for byte (needs pip install 'conceal[ray]') (default: local)")
+    ap.add_argument("--address", default=None, help="--engine ray: join this Ray cluster (auto or HOST:PORT; its workers must "
+                    "see the inputs, the model and -o at the same paths) (default: start a local Ray)")
+    ap.add_argument("--actors", type=int, default=None, metavar="N", help="--engine ray: actors, each loading the model once "
+                    "(default: one per CPU)")
     ap.set_defaults(func=cmd_apply)
 
     en = sub.add_parser("encode", help="export concealed codes of every face in photos (npz: codes N x d, paths, boxes, landmarks)")
