@@ -82,6 +82,8 @@ def runnable(argv: list[str]) -> list[str] | None:
     if argv[0] != "conceal":
         return None
     command = argv[1]
+    if "--engine" in argv and argv[argv.index("--engine") + 1] == "ray":
+        return None  # parsed above; tests/test_ray_apply.py runs the engine through the CLI (a Ray start costs tens of seconds)
     if command in ("apply", "encode", "export") and argv[2].startswith("models/"):
         return argv[1:]
     dataset = argv[argv.index("--dataset") + 1] if "--dataset" in argv else None

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,7 +118,8 @@ def run_apply_ray(model_path: str | Path, inputs: list[Path], out: Path, options
         threads = max(1, cpus // actors)  # one actor may use every core, as the single process does
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows back in input order: the manifest's order
-        context.enable_progress_bars = progress
+        context.enable_progress_bars = context.print_on_execution_start = False  # our bar and summary line, not Ray Data's
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # (its INFO lines: the plan, progress, "finished")
         from tqdm import tqdm
 
         with plan.open_manifest() as log, tqdm(total=len(plan.todo), unit="img", disable=not progress) as bar:
