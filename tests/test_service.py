@@ -74,12 +74,33 @@ def test_models_describe_names_methods_and_attribute_schemas(client):
     assert models["masker"]["attributes"] == [] and models["anonymizer"]["attributes"] == []
 
 
+def test_models_run_on_the_backend_conceal_apply_picks(served):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs the photos / export extra")
+    # conceal apply loads with backend="auto": onnxruntime where it is the method's faster backend
+    assert {m.method: m.api.backend for m in served.values()} == {"concealer": "torch", "masker": "onnxruntime", "anonymizer": "onnxruntime"}
+
+
 def test_openapi_and_docs(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/apply"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(body["properties"]) == {"image", "model", "as", "detect"} and body["required"] == ["image"]
     assert {"200", "413", "415", "422", "503"} <= set(spec["paths"]["/v1/apply"]["post"]["responses"])
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_work_offline_every_asset_served_by_the_app(client, page):
+    """FastAPI's own docs pages load Swagger UI / ReDoc (and a favicon, and fonts) from CDNs; these name no host."""
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert not re.findall(r"(?:https?:)?//[\w.-]+\.\w", html.text), "the docs page names an external host"
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+    assert len(assets) >= 2 and "/openapi.json" in html.text
+    for asset in assets:  # the scripts, the stylesheet, the favicon: all here, not empty
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
 
 
 def test_page_and_its_assets_are_served(client):

@@ -170,3 +170,14 @@ def test_page_shows_errors_in_one_line(server, browser, tmp_path):
     browser.find_element(By.ID, "submit").click()
     wait.until(lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"))
     assert browser.find_element(By.ID, "status").text.startswith("not an image")
+
+
+def test_docs_render_in_the_browser_from_loopback_alone(server, browser):
+    """/docs draws the API (Swagger UI, the app's own copy) and every resource the page loaded came from the server."""
+    browser.get(f"{server}/docs")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path"))
+    paths = {e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock-summary-path")}
+    assert {"/v1/apply", "/v1/models", "/health"} <= paths
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith(server + "/") for u in loaded), [u for u in loaded if not u.startswith(server)]

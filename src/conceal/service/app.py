@@ -1,7 +1,8 @@
 """The HTTP API and the page: ``create_app(models)`` -> a FastAPI app (``conceal serve`` runs it on uvicorn).
 
 Endpoints: GET /health, GET /v1/models, POST /v1/apply (multipart photo -> PNG), GET / (the page),
-/openapi.json and /docs (FastAPI's). Every error is a JSON body ``{"error": "one line"}``.
+/openapi.json, /docs and /redoc (FastAPI's, with Swagger UI's and ReDoc's files served by the app itself:
+fastapi-offline, so the docs work with no internet). Every error is a JSON body ``{"error": "one line"}``.
 
 Privacy: an upload is parsed in memory (never spooled to a temporary file), decoded, concealed, encoded
 as a fresh PNG (no EXIF, no ICC profile, no text chunks) and dropped with the response; logs carry the
@@ -13,12 +14,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -29,6 +32,7 @@ from ..config import ConfigError
 from ..data.images import DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, NotAnImageError, decode_image, encode_image
 from ..data.schema import LabelError
 from ..faces import DetectorUnavailable
+from .batcher import ModelBatcher
 from .catalog import ServedModel
 from .gate import Busy, InferenceGate
 from ..photos import conceal_photo
@@ -43,14 +47,17 @@ TRUE, FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "n
 class Limits:
     max_upload_bytes: int = 20 * MiB  # the whole request body; beyond it 413 before the rest is read
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height declared by the image header (decompression bombs: 413)
-    workers: int = 1  # inferences at once (each on its own thread; torch uses its intra-op threads inside)
+    workers: int = 1  # photos concealed at once, each on its own thread; their faces share model calls (batcher.py)
     queue: int = 4  # requests waiting for a worker; one more is refused with 503
     retry_after_s: int = 1
+    batch_faces: int = 32  # at most this many faces (of concurrent requests) in one model call
+    batch_wait_ms: float = 5.0  # a model call waits at most this long for the faces of requests still on their way
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.queue < 0 or self.max_upload_bytes < 1 or self.max_pixels < 1:
+        if self.workers < 1 or self.queue < 0 or self.max_upload_bytes < 1 or self.max_pixels < 1 or self.batch_faces < 1 or not self.batch_wait_ms >= 0:
             raise ConfigError(f"workers and the size limits must be 1 or more and queue 0 or more, not workers={self.workers}, "
-                              f"queue={self.queue}, upload={self.max_upload_bytes} bytes, pixels={self.max_pixels}")
+                              f"queue={self.queue}, upload={self.max_upload_bytes} bytes, pixels={self.max_pixels}, "
+                              f"batch of {self.batch_faces} faces, {self.batch_wait_ms} ms wait")
 
 
 class ApiError(Exception):
@@ -117,10 +124,13 @@ def create_app(models: dict[str, ServedModel], limits: Limits = Limits()) -> Fas
         raise ConfigError("no model to serve")
     names = list(models)
     gate = InferenceGate(limits.workers, limits.queue)
+    batcher = ModelBatcher(limits.batch_faces, limits.batch_wait_ms / 1000)
     page = {name: (resources.files(__package__) / "page" / name).read_bytes() for name in ("index.html", "page.js", "page.css")}
-    app = FastAPI(title="conceal", version=__version__, description="Conceal faces in photos: the `conceal serve` API.")
-    app.state.gate, app.state.limits, app.state.models = gate, limits, models
-    app.router.on_shutdown.append(gate.close)
+    # validatorUrl None: Swagger UI would otherwise send the spec to its online validator for a badge.
+    app = FastAPIOffline(title="conceal", version=__version__, description="Conceal faces in photos: the `conceal serve` API.",
+                         swagger_ui_parameters={"validatorUrl": None})
+    app.state.gate, app.state.batcher, app.state.limits, app.state.models = gate, batcher, limits, models
+    app.router.on_shutdown += [gate.close, batcher.close]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
@@ -181,7 +191,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits = Limits()) -> Fas
             with gate.admit():  # before the body is read: bounded memory under any load
                 form = await _read_form(request, limits.max_upload_bytes)
                 model, options, detect, data = _parse_apply_form(form, models)
-                png, faces, (height, width) = await gate.run(_conceal_upload, model, data, options, detect, limits.max_pixels)
+                png, faces, (height, width) = await gate.run(_conceal_upload, model, data, options, detect, limits.max_pixels, batcher)
         except Busy as busy:
             log.info("apply: 503 busy (%d admitted)", gate.admitted)
             raise ApiError(503, str(busy), {"Retry-After": str(limits.retry_after_s)}) from None
@@ -237,18 +247,21 @@ def _parse_apply_form(form, models: dict[str, ServedModel]) -> tuple[ServedModel
     return model, options, detect_text in TRUE, upload.file.read()  # from memory (see _InMemoryParser)
 
 
-def _conceal_upload(model: ServedModel, data: bytes, options: dict, detect: bool, max_pixels: int):
-    """On a worker thread: bytes -> (PNG bytes, faces, (H, W)); the photo's errors become 413 / 415 / 422."""
-    try:
-        image = decode_image(data, max_pixels)  # (H, W, 3) uint8, upright
-    except ImageTooLargeError as error:
-        raise ApiError(413, error.reason) from None
-    except NotAnImageError as error:
-        raise ApiError(415, f"{error.reason} (send a JPEG, PNG, WebP, ...)") from None
-    except ImageReadError as error:
-        raise ApiError(422, error.reason) from None
-    try:
-        released, faces = conceal_photo(model.api, image, as_=options.get("as_"), detect=detect)
-    except DetectorUnavailable as error:  # the photos extra is missing on the server: its fix, in one line
-        raise ApiError(503, str(error)) from None
-    return encode_image(released, compress_level=1), faces, image.shape[:2]  # level 1: ~3x faster than 6, ~12% larger
+def _conceal_upload(model: ServedModel, data: bytes, options: dict, detect: bool, max_pixels: int, batcher: ModelBatcher):
+    """On a worker thread: bytes -> (PNG bytes, faces, (H, W)); the photo's errors become 413 / 415 / 422.
+    The model runs on the batcher's thread, on this photo's faces together with other requests' (see batcher.py)."""
+    with batcher.request() as ticket:
+        try:
+            image = decode_image(data, max_pixels)  # (H, W, 3) uint8, upright
+        except ImageTooLargeError as error:
+            raise ApiError(413, error.reason) from None
+        except NotAnImageError as error:
+            raise ApiError(415, f"{error.reason} (send a JPEG, PNG, WebP, ...)") from None
+        except ImageReadError as error:
+            raise ApiError(422, error.reason) from None
+        try:
+            released, faces = conceal_photo(ticket.model(model.api), image, as_=options.get("as_"), detect=detect)
+        except DetectorUnavailable as error:  # the photos extra is missing on the server: its fix, in one line
+            raise ApiError(503, str(error)) from None
+    # zlib level 1 with run-length matching: ~4x faster than Pillow's default (level 6), ~10% larger (benchmarks/SERVICE.md)
+    return encode_image(released, compress_level=1, strategy=zlib.Z_RLE), faces, image.shape[:2]

@@ -59,7 +59,8 @@ def default_model_paths() -> list[Path]:
 
 
 def load_models(paths: list[str | Path]) -> dict[str, ServedModel]:
-    """Model directories -> {name: ServedModel}, loaded once (batch norms folded: inference only)."""
+    """Model directories -> {name: ServedModel}, loaded once for inference only (batch norms folded), each on
+    the backend `conceal apply` picks (``backend="auto"``: onnxruntime where it is the method's faster one)."""
     from ..methods import load_api
 
     models: dict[str, ServedModel] = {}
@@ -67,5 +68,5 @@ def load_models(paths: list[str | Path]) -> dict[str, ServedModel]:
         name = path.resolve().name if path.name not in ("checkpoint", "") else path.resolve().parent.name
         if name in models:
             raise ConfigError(f"two models are both named {name!r}: serve models from folders with different names")
-        models[name] = ServedModel(name, load_api(path, fold_batch_norm=True))
+        models[name] = ServedModel(name, load_api(path, fold_batch_norm=True, backend="auto"))
     return models
