@@ -68,6 +68,7 @@ def tiny_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
     audit smoke tests, in about a second.
     """
     from conceal.config import RunConfig, TrainConfig
+    from conceal.data.synthetic import SyntheticOptions
     from conceal.methods import METHODS
     from conceal.modelfile import write_model_files
     from conceal.train import fit
@@ -78,7 +79,7 @@ def tiny_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
         torch.manual_seed(0)
         method = build_tiny(name, synthetic_small.schema)
         cfg = RunConfig(method=name, model=method.cfg, train=TrainConfig(epochs=1, batch_size=16, progress=False, threads=1))
-        cfg.data.size, cfg.data.synthetic_n, cfg.data.synthetic_seed = method.image_size, 600, 1  # synthetic_small
+        cfg.data.size, cfg.data.options = method.image_size, SyntheticOptions(n=600, seed=1)  # synthetic_small
         fit(method, synthetic_small.subset("train"), synthetic_small.subset("val"), cfg, root / "runs" / name,
             stop_after_steps=2, log=lambda *_: None)
         (root / name).mkdir()

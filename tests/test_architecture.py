@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import conceal
+from conceal.data import DATASETS
 from conceal.methods import METHODS, ModelAPI, ReleaseGraph
 from conceal.methods.registry import BUILTIN, FACETS
 
@@ -135,3 +136,59 @@ def test_listing_the_methods_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and "concealer" in done.stdout, done.stderr
+
+
+# --- datasets: one registry, each class its dataset's spec ----------------------------------------
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_registered_dataset_declares_its_spec(name):
+    from conceal.data import dataset_class
+
+    cls = dataset_class(name)
+    assert cls.name == name and isinstance(cls.needs_root, bool) and 0 < cls.default_crop <= 1
+    assert dataclasses.is_dataclass(cls.Options) and isinstance(cls.Options(), cls.Options)
+    assert set(cls.cli_options) <= {f.name for f in dataclasses.fields(cls.Options)}
+
+
+def test_shared_code_never_branches_on_a_dataset_name():
+    """The CLI, training, the audit and the config read a dataset's spec; only its own module names it."""
+    hits = [f"{path.relative_to(SRC)}: {line.strip()}" for path in SRC.rglob("*.py") if path.parent.name != "data"
+            for line in path.read_text().splitlines()
+            if any(f'== "{name}"' in line or f"== '{name}'" in line for name in DATASETS)]
+    assert not hits, hits
+
+
+def test_old_flat_data_keys_still_read():
+    """Configs and model.json files written before datasets had options (synthetic_n, labels, ... in [data])."""
+    from conceal.config import build_run_config
+    from conceal.data import dataset_options, open_configured
+    from conceal.data.fer2013 import FER2013Options
+    from conceal.data.synthetic import SyntheticOptions
+    from conceal.methods.masker import MaskerConfig
+
+    shipped = SRC.parents[1] / "models" / "masker-fer-emotion" / "config.toml"  # [data] labels = "ferplus", synthetic_n = 10000
+    assert "synthetic_n" in shipped.read_text()
+    cfg = build_run_config("masker", shipped, [], MaskerConfig, dataset_options)
+    assert cfg.data.dataset == "fer2013" and cfg.data.options == FER2013Options(labels="ferplus")
+    cfg = build_run_config("masker", None, ["data.synthetic_n=60", "data.synthetic_seed=3"], MaskerConfig, dataset_options)
+    assert cfg.data.options == SyntheticOptions(n=60, seed=3)
+    assert build_run_config("masker", None, ["data.options.n=70"], MaskerConfig, dataset_options).data.options.n == 70
+    old_model_json = {"dataset": "synthetic", "root": None, "size": 16, "labels": "fer2013", "synthetic_n": 30, "synthetic_seed": 2}
+    opened = open_configured(old_model_json)
+    assert (opened.n, opened.seed) == (30, 2)
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["data.options.n=0"], "data.options.n must be at least 1"),
+    (["data.dataset=nope"], "data.dataset must be one of"),
+    (["data.options.m=3"], "unknown config key 'data.options.m'"),
+    (["data.dataset=lfw", "data.options.n=3"], "dataset 'lfw' takes no options"),
+])
+def test_a_dataset_option_is_checked_like_any_config_key(overrides, error):
+    from conceal.config import ConfigError, build_run_config
+    from conceal.data import dataset_options
+    from conceal.methods.masker import MaskerConfig
+
+    with pytest.raises(ConfigError, match=error):
+        build_run_config("masker", None, overrides, MaskerConfig, dataset_options)

@@ -76,7 +76,7 @@ def test_lfw_splits_never_put_a_person_on_two_sides():
 def registered_models(tmp_path_factory, tiny_method):
     """method name -> an untrained tiny model of every registered method, saved as trained on 600 synthetic faces."""
     from conceal.config import RunConfig
-    from conceal.data.synthetic import SyntheticFaces
+    from conceal.data.synthetic import SyntheticFaces, SyntheticOptions
     from conceal.methods import METHODS
     from conceal.train.checkpoint import write_model_files
 
@@ -87,7 +87,7 @@ def registered_models(tmp_path_factory, tiny_method):
         torch.manual_seed(0)
         method = tiny_method(name, schema).eval()
         cfg = RunConfig(method=name, model=method.cfg)
-        cfg.data.size, cfg.data.synthetic_n, cfg.data.synthetic_seed = 32, 600, 1
+        cfg.data.size, cfg.data.options = 32, SyntheticOptions(n=600, seed=1)
         (root / name).mkdir()
         write_model_files(root / name, method, cfg)
         out[name] = root / name

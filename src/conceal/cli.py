@@ -8,6 +8,7 @@ deep inside. Parsing imports no torch: each command imports what it needs when i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -19,7 +20,7 @@ import tomli_w
 
 from . import __version__
 from .config import ConfigError, DataConfig, TrainConfig, build_run_config
-from .data import DATASETS, DataError, LabelError, open_dataset
+from .data import DataError, LabelError, dataset_class, dataset_names, dataset_options, open_configured, open_dataset
 from .data.images import ImageReadError
 from .data.schema import parse_attributes as _parse_attributes  # the --as parser (the service parses it alike)
 from .errors import CheckpointError, ExportError
@@ -33,10 +34,9 @@ USER_ERRORS = (DataError, LabelError, ConfigError, ImageReadError, CheckpointErr
 def cmd_data_info(args) -> int:
     from .data.info import dataset_info, format_info
 
-    options = {"n": args.n} if args.dataset == "synthetic" else {}
-    if args.dataset == "fer2013":
-        options = {"labels": args.labels}
-    info = dataset_info(open_dataset(args.dataset, args.root, **options))
+    options = {name: getattr(args, name) for name in dataset_class(args.dataset).cli_options if getattr(args, name) is not None}
+    options = dataset_options({"dataset": args.dataset, "options": options})  # checked like a config's
+    info = dataset_info(open_dataset(args.dataset, args.root, **dataclasses.asdict(options)))
     print(json.dumps(info, indent=1) if args.json else format_info(info))
     return 0
 
@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
     config_path = args.config
     if args.resume and config_path is None and (Path(args.out) / "config.toml").is_file():
         config_path = Path(args.out) / "config.toml"  # resume with the run's own resolved config
-    cfg = build_run_config(args.method, config_path, overrides, cls.Config)
+    cfg = build_run_config(args.method, config_path, overrides, cls.Config, dataset_options)
     if args.no_progress:
         cfg.train.progress = False
     state = train(cfg, args.out, resume=args.resume, init_from=args.init_from, force=args.force)
@@ -187,12 +187,11 @@ def cmd_erase(args) -> int:
     if "codes" not in method.releases:
         raise ConfigError(f"a {method.name} model releases images, not codes: there are no codes to erase")
     # The training run's own resolved config, so the written config.toml still says how it was trained.
-    run_cfg = build_run_config(info["method"], source / "config.toml", [], type(method.cfg))
+    run_cfg = build_run_config(info["method"], source / "config.toml", [], type(method.cfg), dataset_options)
     d = run_cfg.data
     dataset = args.dataset or d.dataset
-    root = args.root or (d.root if dataset == d.dataset else None)
-    options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if dataset == "synthetic" else {}
-    train = open_dataset(dataset, root, **options).arrays(size=method.image_size, crop=d.crop).subset("train")
+    opened = open_configured(d, args.root) if dataset == d.dataset else open_dataset(dataset, args.root)
+    train = opened.arrays(size=method.image_size, crop=d.crop).subset("train")
     missing = set(method.concealed.names) - set(train.labels)
     if missing:
         raise DataError(f"{dataset} has no {', '.join(sorted(missing))} label to fit the eraser on")
@@ -315,7 +314,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                         "config.toml with --resume)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. model.kl_weight=2 "
                         "(repeatable; default: none)")
-    parser.add_argument("--dataset", choices=DATASETS, help=_config_help("training data", "data.dataset"))
+    parser.add_argument("--dataset", choices=dataset_names(), help=_config_help("training data", "data.dataset"))
     parser.add_argument("--root", help=_config_help("dataset folder (not needed for synthetic)", "data.root"))
     parser.add_argument("--size", type=int, help=_config_help("image side in pixels, at least 8", "data.size"))
     parser.add_argument("--epochs", type=int, help=_config_help("epochs to train in all (with --resume: the new total)", "train.epochs"))
@@ -376,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="COMMAND",
                                                                         parser_class=subparser)
     info = data.add_parser("info", help="counts per split, label distributions, identities, skipped files")
-    info.add_argument("--dataset", choices=DATASETS, required=True, help="which dataset to describe")
+    info.add_argument("--dataset", choices=dataset_names(), required=True, help="which dataset to describe")
     info.add_argument("--root", help="dataset folder (default: none; needed for every dataset but synthetic)")
-    info.add_argument("--n", type=int, default=10000, help="synthetic only: number of faces")
-    info.add_argument("--labels", choices=("fer2013", "ferplus"), default="fer2013", help="fer2013 only: label scheme")
+    for name in dataset_names():  # each dataset's own options (FaceDataset.cli_options), e.g. synthetic's --n
+        for option, text in dataset_class(name).cli_options.items():
+            default = getattr(dataset_class(name).Options(), option)
+            info.add_argument(f"--{option.replace('_', '-')}", help=f"{name} only: {text} (default: {default})")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_data_info)
 
@@ -455,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")
     au.add_argument("model", help="a model directory (models/NAME) or a run directory")
-    au.add_argument("--dataset", choices=DATASETS, help="whose test split to attack (default: the model's training dataset)")
+    au.add_argument("--dataset", choices=dataset_names(), help="whose test split to attack (default: the model's training dataset)")
     au.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
     au.add_argument("-o", "--out", required=True, help="report directory (report.md, report.json, figures)")
     au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split (default: all of it)")
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     er = sub.add_parser("erase", help="fit a post-hoc eraser of the concealed labels on a model's training codes (concealer, anonymizer)")
     er.add_argument("model", help="a concealer or anonymizer model directory (models/NAME) or run directory")
-    er.add_argument("--dataset", choices=DATASETS, help="whose train split to fit on (default: the model's training dataset)")
+    er.add_argument("--dataset", choices=dataset_names(), help="whose train split to fit on (default: the model's training dataset)")
     er.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
     er.add_argument("-o", "--out", required=True, help="output model directory (the input model is left as it is)")
     er.add_argument("--covariance-rank", type=int, default=0, metavar="R",

@@ -55,14 +55,13 @@ def check_setting(value: Any, limits: dict, where: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = setting("synthetic", choices=("utkface", "lfw", "folder", "fer2013", "synthetic"))
+    dataset: str = "synthetic"  # a name in the dataset registry (conceal.data), checked with its options
     root: str | None = None  # dataset folder; not needed for synthetic
     size: int = setting(64, at_least=8)  # images are centre-cropped and resized to size x size
     crop: float | None = setting(None, above=0, at_most=1)  # fraction of the shorter side kept; None = the dataset's default
-    # fer2013 only: fer2013 (its 7 emotions) | ferplus (FER+ majority vote over 8 emotions)
-    labels: str = setting("fer2013", choices=("fer2013", "ferplus"))
-    synthetic_n: int = setting(10000, at_least=1)  # synthetic only: number of faces
-    synthetic_seed: int = setting(0, at_least=0)  # synthetic only: generator seed
+    # The dataset's own options ([data.options]: its Options dataclass, e.g. synthetic's n and seed), read by
+    # the ``dataset_options`` that build_run_config is given (conceal.data.dataset_options).
+    options: Any = None
 
 
 @dataclass
@@ -191,8 +190,11 @@ def build_run_config(
     toml_path: str | Path | None = None,
     overrides: list[str] = (),
     model_config_cls: type | None = None,
+    dataset_options: Any = None,
 ) -> RunConfig:
-    """File (optional) + overrides -> a checked RunConfig with the method's model section."""
+    """File (optional) + overrides -> a checked RunConfig with the method's model section and, given
+    ``dataset_options`` (the [data] dict -> its dataset's options: ``conceal.data.dataset_options``, which
+    also reads the flat keys of older files), the dataset's options."""
     raw: dict = {}
     if toml_path is not None:
         try:
@@ -219,7 +221,11 @@ def build_run_config(
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
     model_raw = raw.pop("model", {})
+    data = raw.setdefault("data", {})
+    options = dataset_options(data) if dataset_options and isinstance(data, dict) else None  # takes its keys out of data
     cfg = from_dict(RunConfig, raw)
+    if dataset_options:
+        cfg.data.options = options
     if model_config_cls is not None:
         cfg.model = from_dict(model_config_cls, model_raw, "model")
     return cfg

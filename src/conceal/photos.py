@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.images import check_images
 from .faces.align import align_face, centre_crop_matrix, geometry_of, training_data
 from .faces.paste import face_mask, paste_faces
 
@@ -67,9 +68,7 @@ def conceal_photo(model, image: np.ndarray, as_: dict[str, Any] | None = None, d
     default the model's training crop) is the one face, replaced in place. ``detector``: a callable like
     ``conceal.faces.FaceDetector`` (default: the shared CenterFace one).
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, not {image.dtype} {image.shape}")
+    image = check_images(image, single=True)
     if not detect:
         from .data.images import center_crop_resize
 

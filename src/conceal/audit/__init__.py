@@ -48,20 +48,11 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
     caller left out (root, crop, and for synthetic its n and seed, so the test faces are the held-out ones).
     A dataset with its own verification protocol (LFW) also fills ``test.pairs`` (rows of ``test``).
     """
-    from ..data import DataError, open_dataset
+    from ..data import DataError
+    from .context import open_splits
 
-    data = info.get("data", {})
-    same = data.get("dataset") == dataset
-    options = {}
-    if dataset == "synthetic":
-        options = {"n": data.get("synthetic_n", 10000), "seed": data.get("synthetic_seed", 0)} if same else {}
-    if dataset == "fer2013" and same:  # the label scheme the model was trained on
-        options = {"labels": data.get("labels", "fer2013")}
-    if root is None and same:
-        root = data.get("root")
-    crop = data.get("crop") if same else None
-    opened = open_dataset(dataset, root, **options)
-    test = opened.arrays(size=info["image_size"], crop=crop, progress=False).subset("test")
+    opened, arrays = open_splits(info, dataset, root)
+    test = arrays.subset("test")
     if hasattr(opened, "pairs_among"):  # a dataset with its own verification protocol (LFW's pairs.txt)
         test.pairs = opened.pairs_among(test, "test", seed=seed)
     if len(test) == 0:

@@ -23,19 +23,14 @@ def open_splits(info: dict, dataset: str, root: str | None, log: Callable = prin
     When the dataset is the one the model was trained on, the model's own data config fills in what the
     caller left out (root, crop, and for synthetic its n and seed, so the test faces are the held-out ones).
     """
-    from ..data import open_dataset
+    from ..data import open_configured, open_dataset
 
     data = info.get("data", {})
     same = data.get("dataset") == dataset
-    options = {}
-    if dataset == "synthetic":
-        options = {"n": data.get("synthetic_n", 10000), "seed": data.get("synthetic_seed", 0)} if same else {}
-    if dataset == "fer2013" and same:  # the label scheme the model was trained on (FER+'s classes differ from FER2013's)
-        options = {"labels": data.get("labels", "fer2013")}
-    if root is None and same:
-        root = data.get("root")
+    # The training dataset opens with the model's own options (synthetic's n and seed: the held-out faces;
+    # FER2013's label scheme) and root; another dataset with its defaults.
+    opened = open_configured(data, root) if same else open_dataset(dataset, root)
     crop = data.get("crop") if same else None
-    opened = open_dataset(dataset, root, **options)
     return opened, opened.arrays(size=info["image_size"], crop=crop, progress=False)
 
 

@@ -14,16 +14,33 @@ the synthetic generator renders directly.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .arrays import EXTRA_SPLITS, SPLITS, DataError, FaceArrays, FaceRecord  # noqa: F401  (re-exported: the old import path)
 from .cache import cached_arrays
 from .schema import LabelSchema
 
+@dataclass
+class NoOptions:
+    """The options of a dataset that has none beyond its root."""
+
+
 class FaceDataset:
-    """Base class of the file-backed datasets. Subclasses fill ``records``, ``skipped`` and ``schema``."""
+    """Base class of the file-backed datasets. Subclasses fill ``records``, ``skipped`` and ``schema``.
+
+    A subclass is also its dataset's spec in the registry (``conceal.data``): ``name``; ``needs_root``;
+    ``default_crop`` (fraction of the shorter side ``arrays`` keeps by default); ``Options``, the dataclass
+    of the constructor's options a run config sets (``[data.options]``); ``cli_options``: option -> help,
+    the ones ``conceal data info`` offers as flags.
+    """
 
     name: str = "dataset"
+    needs_root: ClassVar[bool] = True
+    default_crop: ClassVar[float] = 1.0
+    Options: ClassVar[type] = NoOptions
+    cli_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
@@ -45,7 +62,7 @@ class FaceDataset:
         the arrays is ``records[i]``.
         """
         if crop is None:
-            crop = getattr(self, "default_crop", 1.0)
+            crop = self.default_crop
         return cached_arrays(self, size=size, crop=crop, progress=progress)
 
     def source_file(self, record: FaceRecord) -> Path:

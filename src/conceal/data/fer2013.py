@@ -29,10 +29,12 @@ import csv
 import gzip
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..config import setting
 from .base import DataError, FaceDataset, FaceRecord, assign_split
 from .images import ImageReadError, center_crop_resize
 from .schema import Label, LabelSchema
@@ -90,8 +92,16 @@ def parse_pixels(text: str) -> np.ndarray:
     return values.astype(np.uint8).reshape(SIDE, SIDE)
 
 
+@dataclass
+class FER2013Options:
+    # fer2013 (its 7 emotions) | ferplus (FER+ majority vote over 8 emotions)
+    labels: str = setting("fer2013", choices=LABEL_SCHEMES)
+
+
 class FER2013(FaceDataset):
     name = "fer2013"
+    Options = FER2013Options
+    cli_options = {"labels": "label scheme: fer2013 (its 7 emotions) or ferplus (FER+ majority vote over 8)"}
 
     def __init__(self, root: str | Path, labels: str = "fer2013", val_fraction: float = 0.05, split_seed: int = 0):
         super().__init__(root)

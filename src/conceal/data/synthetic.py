@@ -41,9 +41,11 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import setting
 from .base import DataError, FaceArrays, FaceDataset, assign_split
 from .schema import AGE, GENDER, RACE, Label, LabelSchema
 
@@ -570,6 +572,12 @@ def render(
     return out
 
 
+@dataclass
+class SyntheticOptions:
+    n: int = setting(10000, at_least=1)  # number of faces
+    seed: int = setting(0, at_least=0)  # generator seed
+
+
 class SyntheticFaces(FaceDataset):
     """``n`` rendered faces of ``n_identities`` people (default n // 10), deterministic from ``seed``.
 
@@ -579,6 +587,9 @@ class SyntheticFaces(FaceDataset):
     """
 
     name = "synthetic"
+    needs_root = False  # rendered, nothing on disk
+    Options = SyntheticOptions
+    cli_options = {"n": "number of faces"}
 
     def __init__(self, n: int = 10000, seed: int = 0, size: int = 64, n_identities: int | None = None):
         if n < 1:

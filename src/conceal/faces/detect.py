@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..data.images import check_images
+
 INSTALL_HINT = "pip install 'conceal[photos]'"
 STRIDE = 4  # the output maps are 1/4 of the input
 LANDMARKS = 5
@@ -111,9 +113,7 @@ class FaceDetector:
         return f"FaceDetector(threshold={self.threshold}, max_side={self.max_side})"
 
     def __call__(self, image: np.ndarray, min_face: float = 24, max_faces: int | None = None) -> list[dict]:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8, not {image.dtype} {image.shape}")
+        image = check_images(image, single=True)
         h, w = image.shape[:2]
         # Upsample small photos so a min_face face reaches the size CenterFace finds at any tilt; then cap.
         scales = [min(max(1.0, RELIABLE_FACE / max(min_face, RELIABLE_FACE / MAX_UPSAMPLE)), self.max_side / max(h, w))]

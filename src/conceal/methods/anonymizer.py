@@ -398,6 +398,6 @@ class Anonymizer(ModelAPI):
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> Siamese embeddings (N, E) float32 of the reconstructions: the utility task's view."""
-        aia = self.method
-        return self.map_batches(images, lambda x: aia.siamese(aia.decode(aia.release_codes(x))).float().cpu().numpy(), (aia.cfg.embedding,))
+        net = self.method
+        return self.map_batches(images, lambda x: net.siamese(net.decode(net.release_codes(x))).float().cpu().numpy(), (net.cfg.embedding,))
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..data.images import check_images
 from ..data.schema import LabelSchema
 from ..errors import CheckpointError
 from ..modelfile import load_method, read_model_info
@@ -204,21 +205,20 @@ class ModelAPI:
     def check_images(self, images: np.ndarray) -> np.ndarray:
         """Accept (N, S, S, 3) or one (S, S, 3) uint8 image at the model's size S."""
         images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        s = self.image_size
-        if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 of shape (N, {s}, {s}, 3), not {images.dtype} {images.shape}")
-        return images
+        return check_images(images[None] if images.ndim == 3 else images, self.image_size)
 
     @torch.inference_mode()
-    def map_batches(self, images: np.ndarray, fn, row_shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        """Checked images, ``batch_size`` at a time as (B, 3, S, S) float tensors on the model's device, through
-        ``fn`` (-> (B, *row_shape) numpy); the outputs concatenated ((0, *row_shape) ``dtype`` for no images)."""
-        images = self.check_images(images)
-        starts = range(0, len(images), self.batch_size)
-        out = [fn(to_tensor_images(images[i : i + self.batch_size], self.method.device)) for i in starts]
+    def map_rows(self, rows: np.ndarray, fn, row_shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """The one batched-inference loop of every API: ``rows`` ``batch_size`` at a time through ``fn``
+        (numpy (B, ...) -> numpy (B, *row_shape)), the outputs concatenated ((0, *row_shape) ``dtype`` for none)."""
+        out = [fn(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, *row_shape), dtype)
+
+    def map_batches(self, images: np.ndarray, fn, row_shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """``map_rows`` over checked images, each batch handed to ``fn`` as a (B, 3, S, S) float tensor on the
+        model's device."""
+        device = self.method.device
+        return self.map_rows(self.check_images(images), lambda batch: fn(to_tensor_images(batch, device)), row_shape, dtype)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{self.method.name} releases no codes")
@@ -230,12 +230,12 @@ class ModelAPI:
         """``apply`` on onnxruntime: the same graph, inputs and uint8 rounding as the torch path (within 1 level)."""
         from ..export import api_inputs
 
-        images, out = self.check_images(images), []
-        for i in range(0, len(images), self.batch_size):
-            released = self.onnx.released(api_inputs(self, images[i : i + self.batch_size], **options))  # (B, 3, S, S) float32
-            out.append(np.rint(np.clip(released, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
+        def release(batch: np.ndarray) -> np.ndarray:
+            released = self.onnx.released(api_inputs(self, batch, **options))  # (B, 3, S, S) float32
+            return np.rint(np.clip(released, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+
         s = self.image_size
-        return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
+        return self.map_rows(self.check_images(images), release, (s, s, 3), np.uint8)
 
     def check_options(self, **options) -> None:
         """Validate ``apply`` options before any file is read (raise LabelError/ConfigError, one line).

@@ -319,19 +319,18 @@ class Concealer(ModelAPI):
             unspecified[label.name] = torch.full((n,), label.name not in parsed, device=self.method.device)
         return labels, unspecified
 
-    @torch.inference_mode()
     def decode(self, codes: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
         """codes (N, latent) + attributes {"gender": "female", "age": 40, ...} -> (N, H, W, 3) uint8."""
         codes = np.asarray(codes, dtype=np.float32)
         if codes.ndim != 2 or codes.shape[1] != self.method.cfg.latent:
             raise ValueError(f"codes must have shape (N, {self.method.cfg.latent}), not {codes.shape}")
-        out = []
-        for i in range(0, len(codes), self.batch_size):
-            z = torch.from_numpy(codes[i : i + self.batch_size]).to(self.method.device)
-            labels, unspecified = self.attribute_tensors(attributes, len(z))
-            out.append(to_uint8_images(self.method.decode(z, labels, unspecified)))
+
+        def render(batch: np.ndarray) -> np.ndarray:  # (B, latent) -> (B, S, S, 3) uint8
+            labels, unspecified = self.attribute_tensors(attributes, len(batch))
+            return to_uint8_images(self.method.decode(torch.from_numpy(batch).to(self.method.device), labels, unspecified))
+
         s = self.image_size
-        return np.concatenate(out) if out else np.zeros((0, s, s, 3), np.uint8)
+        return self.map_rows(codes, render, (s, s, 3), np.uint8)
 
     def conceal(self, images: np.ndarray, as_: dict[str, Any]) -> np.ndarray:
         """Re-render faces with the chosen attributes: decode(encode(images), as_)."""

@@ -55,6 +55,7 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from ..config import setting
+from ..data.images import check_images
 from ..data.schema import Label, LabelSchema
 from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
 from .blocks import AttributeHeads
@@ -348,13 +349,6 @@ class Masker(ModelAPI):
 # block covers as many pixels as a 0.25 mask releases.
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 of shape (N, H, W, 3), not {images.dtype} {images.shape}")
-    return images
-
-
 def center_box(height: int, width: int, fraction: float) -> tuple[slice, slice]:
     """Rows and columns of the centred box with the image's aspect that covers ``fraction`` of its pixels."""
     if not 0 < fraction <= 1:
@@ -367,12 +361,12 @@ def center_box(height: int, width: int, fraction: float) -> tuple[slice, slice]:
 
 def original(images: np.ndarray) -> np.ndarray:
     """The identity release: what leaks with no protection at all."""
-    return _check_images(images).copy()
+    return check_images(images).copy()
 
 
 def block_center(images: np.ndarray, fraction: float) -> np.ndarray:
     """Black out the centred box covering ``fraction`` of the pixels (where an aligned face is)."""
-    out = _check_images(images).copy()
+    out = check_images(images).copy()
     rows, cols = center_box(out.shape[1], out.shape[2], fraction)
     out[:, rows, cols] = 0
     return out
@@ -384,7 +378,7 @@ def blur_center(images: np.ndarray, fraction: float, sigma: float) -> np.ndarray
     The whole image is blurred and the box pasted back, so the box's pixels near its border are
     blurred with their true neighbours rather than against a cut edge.
     """
-    out = _check_images(images).copy()
+    out = check_images(images).copy()
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, not {sigma}")
     rows, cols = center_box(out.shape[1], out.shape[2], fraction)
@@ -396,7 +390,7 @@ def blur_center(images: np.ndarray, fraction: float, sigma: float) -> np.ndarray
 
 def pixelate(images: np.ndarray, cells: int) -> np.ndarray:
     """Average the image over a ``cells`` × ``cells`` grid and show each cell as one flat colour."""
-    images = _check_images(images)
+    images = check_images(images)
     if cells < 1:
         raise ValueError(f"cells must be at least 1, not {cells}")
     out = images.copy()

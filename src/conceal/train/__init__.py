@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError, RunConfig
-from ..data import FaceArrays, open_dataset
+from ..data import FaceArrays, open_configured
 from ..methods import build_method, load_model
 from ..modelfile import model_dir, read_weights
 
@@ -22,12 +22,8 @@ from .loop import fit
 
 def load_data(cfg: RunConfig, progress: bool = True) -> tuple[FaceArrays, object]:
     """The run's dataset as arrays (decoded through the cache), plus the dataset object."""
-    d = cfg.data
-    options = {"n": d.synthetic_n, "seed": d.synthetic_seed} if d.dataset == "synthetic" else {}
-    if d.dataset == "fer2013":
-        options = {"labels": d.labels}
-    dataset = open_dataset(d.dataset, d.root, **options)
-    return dataset.arrays(size=d.size, crop=d.crop, progress=progress), dataset
+    dataset = open_configured(cfg.data)
+    return dataset.arrays(size=cfg.data.size, crop=cfg.data.crop, progress=progress), dataset
 
 
 def init_weights(method, init_from: str | Path) -> str:
