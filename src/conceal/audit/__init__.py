@@ -94,7 +94,9 @@ def _reused_test_halves(path: Path, method: str, n_test: int, seed: int) -> dict
         "description": "DATA-POOR, for comparison only: each attacker is trained on one half of the test split's releases "
                        f"({n_test} faces in all) and scored on the other half; the public-model numbers are the ones that count",
         "sections": list(method_sections),
-        "reused_from": {"report": str(path), "date": provenance.get("date"), "command": provenance.get("command")},
+        # carried over once or more: the report that computed them
+        "reused_from": earlier.get("test_halves", {}).get("reused_from")
+                       or {"report": str(path), "date": provenance.get("date"), "command": provenance.get("command")},
     }, **method_sections}
 
 
@@ -172,6 +174,10 @@ def run_audit(
         sections.update(_reused_test_halves(Path(reuse_test_halves), method, len(test), seed))
     elif threat_model in ("test-halves", "all"):
         objects = ctx.judges()[0] if ctx._judges is not None and all(v is not None for v in ctx._judges[0].values()) else judges
+        import inspect
+
+        if "model" in inspect.signature(audit_sections).parameters:  # the context's model: loaded once per audit
+            options = {"model": ctx.api, **options}
         method_sections = audit_sections(model_path, test, out, judges=objects, seed=seed, log=log, **options)
         sections["test_halves"] = {
             "threat_model": "test-halves",

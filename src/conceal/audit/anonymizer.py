@@ -742,6 +742,7 @@ def audit_anonymizer(
     judge_attack: bool = True,
     cnn_epochs: int = DEFAULT_CNN_EPOCHS,
     cnn_min_steps: int = CNN_MIN_STEPS,
+    model=None,
 ) -> dict:
     """The anonymizer's audit sections on ``test`` (images at the model's size); figures go into ``out_dir``.
 
@@ -756,7 +757,7 @@ def audit_anonymizer(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = Anonymizer.load(model_path)
+    model = Anonymizer.load(model_path) if model is None else model  # the audit context's, loaded once
     variant = read_model_info(model_path)["model_config"].get("variant", "aia")
     private = model.method.cfg.private
     s = model.image_size

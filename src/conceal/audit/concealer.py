@@ -632,12 +632,13 @@ def audit_concealer(
     cnn_epochs: int = DEFAULT_CNN_EPOCHS,
     cnn_min_steps: int = CNN_MIN_STEPS,
     log: Callable[[str], None] = print,
+    model=None,
 ) -> dict:
     """Run sections a-f on ``test`` (images at the model's size). Returns the sections dict for
     ``write_report``; figures are written into ``out_dir``. Runs on one thread (see ``single_threaded``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = Concealer.load(model_path)
+    model = Concealer.load(model_path) if model is None else model  # the audit context's, loaded once
     s = model.image_size
     if test.images.shape[1:] != (s, s, 3):
         raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")

@@ -159,19 +159,23 @@ class AgeGenderJudge:
     def __repr__(self) -> str:
         return f"AgeGenderJudge(size={self.size}, box={self.box!r}, fast={self._fast})"
 
-    def _face(self, image: np.ndarray) -> tuple[np.ndarray, list[int], bool]:
-        """Upscaled image, its [left, top, right, bottom] face box, and whether the detector found a face."""
+    def _face(self, image: np.ndarray, find_faces: bool = True) -> tuple[np.ndarray, list[int], bool]:
+        """Upscaled image, its [left, top, right, bottom] face box, and whether the detector found a face
+        (False when it did not look: ``find_faces=False`` with the "full" box)."""
         image = _upscale(image, self.size)
         h, w = image.shape[:2]
-        best = _largest_detection(self._detector(image, 0))
+        best = _largest_detection(self._detector(image, 0)) if find_faces or self.box == "detect" else None
         box = [0, 0, w - 1, h - 1]
         if self.box == "detect" and best is not None:
             box = [best.left(), best.top(), best.right(), best.bottom()]
         return image, box, best is not None
 
-    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, find_faces: bool = True) -> dict[str, np.ndarray]:
         """``images`` (N, H, W, 3) uint8, each one aligned face ->
-        ``{"p_female": (N,) float32 in [0, 1], "age": (N,) float32 years, "face_found": (N,) bool}``."""
+        ``{"p_female": (N,) float32 in [0, 1], "age": (N,) float32 years, "face_found": (N,) bool}``.
+
+        ``find_faces=False`` (with the "full" box) skips the detector, a quarter of the time per image, when
+        only the readings are wanted (the public-model audit); "face_found" is then left out."""
         images = _as_batch(images)
         n = len(images)
         p_female = np.empty(n, dtype=np.float32)
@@ -179,7 +183,7 @@ class AgeGenderJudge:
         found = np.zeros(n, dtype=bool)
         gender_chips, age_chips = [], []
         for i, raw in enumerate(images):
-            image, box, found[i] = self._face(raw)
+            image, box, found[i] = self._face(raw, find_faces)
             if self._fast:
                 (face,) = self._frontend.extract(image, [box])
                 gender_chips.append(face.gender_chip)
@@ -193,7 +197,7 @@ class AgeGenderJudge:
         if self._fast and n:
             p_female[:] = self._gender_net.probabilities(gender_chips)[:, self._female_column]
             age[:] = self._age_net.probabilities(age_chips).astype(np.float64) @ self._age_weights
-        return {"p_female": p_female, "age": age, "face_found": found}
+        return {"p_female": p_female, "age": age, **({"face_found": found} if find_faces or self.box == "detect" else {})}
 
 
 # --------------------------------------------------------------------------------------------------

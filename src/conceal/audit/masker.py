@@ -608,6 +608,7 @@ def audit_masker(
     box_fraction: float | None = None,
     blur_sigma: float | None = None,
     pixelate_cells: int = PIXELATE_CELLS,
+    model=None,
 ) -> dict:
     """The masker's audit sections on ``test`` (images at the model's size); figures go into ``out_dir``.
 
@@ -619,7 +620,7 @@ def audit_masker(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = Masker.load(model_path)
+    model = Masker.load(model_path) if model is None else model  # the audit context's, loaded once
     cfg = model.method.cfg
     variant = read_model_info(model_path)["model_config"].get("variant", cfg.variant)
     s = model.image_size

@@ -175,6 +175,15 @@ def _scored(label: Label, y: dict[str, np.ndarray], predictions: dict[str, np.nd
     return finish(result, {name: test_predictions}, y_test, higher, metric)
 
 
+def _judge_readings(judge, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The judge's readings without its face detector where it can skip it (only the readings are used here)."""
+    import inspect
+
+    if "find_faces" in inspect.signature(judge.predict).parameters:
+        return judge.predict(images, find_faces=False)
+    return judge.predict(images)  # a judge without the option (tests' stand-ins)
+
+
 def _judge_predictions(judged: dict[str, np.ndarray], label: Label) -> np.ndarray | None:
     """The off-the-shelf age/gender judge's output (``predict``) as an attacker's: gender -> (N, 2) class scores,
     age -> (N,) years; None for a label it does not read."""
@@ -440,7 +449,7 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
             # Once per split, for every label; the judge is not trained, so validation (choosing the strongest) needs a sample only.
             rows = {"train": np.arange(len(ctx.split("train"))), "val": sample_rows(len(ctx.split("val")), JUDGE_VAL, ctx.seed, purpose=50),
                     "test": np.arange(len(ctx.split("test")))}
-            outputs = {s: judge.predict(np.asarray(released[s][rows[s]])) for s in ("val", "test")}
+            outputs = {s: _judge_readings(judge, np.asarray(released[s][rows[s]])) for s in ("val", "test")}
             for label in labels:
                 ys = _ys(ctx, label.name, rows)
                 predictions = {s: _judge_predictions(outputs[s], label) for s in ("val", "test")}
