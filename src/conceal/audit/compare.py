@@ -12,7 +12,7 @@ from pathlib import Path
 from .report import METRIC_TITLES, num, table
 
 HEADER = ["model", "release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
-          "test-halves (data-poor)"]
+          "test-halves (data-poor)", "audit wall time"]
 
 
 def _test_halves_score(report: dict, kind: str, name: str) -> str:
@@ -33,16 +33,19 @@ def headline_table(report_jsons: list[str | Path]) -> str:
     rows = []
     for path in report_jsons:
         report = json.loads(Path(path).read_text())
-        name = Path(report.get("provenance", {}).get("model", str(path))).name
+        provenance = report.get("provenance", {})
+        name = Path(provenance.get("model", str(path))).name
+        seconds = provenance.get("wall_seconds")
+        wall = "—" if seconds is None else f"{seconds / 60:.0f} min" + (" (test-halves carried over)" if report.get("test_halves", {}).get("reused_from") else "")
         for kind, by_attribute in report.get("headline", {}).items():
             for attribute, h in by_attribute.items():
                 lo, hi = h.get("ci95") or (None, None)
                 bound = " (lower bound)" if h.get("lower_bound") else ""
                 rows.append([name, kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                              f"{num(h['score'])} [{num(lo)}, {num(hi)}]{bound}", num(h["chance"]), h["attacker"],
-                             f"{h['n_train']} / {h['n_test']}", _test_halves_score(report, kind, attribute)])
+                             f"{h['n_train']} / {h['n_test']}", _test_halves_score(report, kind, attribute), wall])
         if not report.get("headline"):
-            rows.append([name, "—", "—", "", "", "no public-model headline (audited before it existed)", "", "", "", ""])
+            rows.append([name, "—", "—", "", "", "no public-model headline (audited before it existed)", "", "", "", "", wall])
     return "\n".join(table(HEADER, rows)) + "\n"
 
 
