@@ -307,6 +307,17 @@ def independence_mmd(codes: torch.Tensor, labels: dict[str, torch.Tensor], schem
     return total
 
 
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])  # 4-neighbour, as OpenCV's ksize=1
+
+
+def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B,) variance of the Laplacian of each image's luma (inside the border): the
+    classic focus measure (Pech-Pacheco et al. 2000). Blur lowers it; a render's over its input's says how sharp."""
+    luma = (images * images.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)  # (B, 1, H, W)
+    response = F.conv2d(luma, LAPLACIAN.to(images)[None, None])  # (B, 1, H-2, W-2)
+    return response.flatten(1).var(1)
+
+
 def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
     # np.array copies: the cache hands out read-only memmaps, which torch refuses to wrap safely.

@@ -15,6 +15,17 @@ labels it is given (see the concealer issue). Two optional levers, both off in t
   Autoencoder); non-adversarial, so it cannot be fooled the way a critic can.
 And ``attr_dropout``: each label is replaced by a learned "unspecified" value with this probability,
 so a face can be rendered without committing to, say, a gender.
+
+Concealer v2 (issue 14), all off by default (a config without them trains and loads as before):
+- sharp decodes: ``l1_weight`` (summed absolute error beside the summed squared one), and a patch
+  discriminator (``discriminator.py``: spectral norm, hinge loss) whose ``adversarial_weight`` and
+  ``feature_matching_weight`` terms push decodes off the blurry mean; ``disc_conditional`` makes it a
+  projection discriminator on the labels, so a decode must look like the group it was asked to be;
+- independence beyond one critic (``independence.py``): an ensemble of ``critics`` code critics with
+  staggered restarts every ``critics_restart_every`` steps (Wu et al., ECCV 2018), the encoder pushed
+  against the strongest one, and an ``hsic_weight`` penalty;
+- depth from the image size: 4 stride-2 stages up to 64 px (as before), one more per doubling (5 at 128),
+  so the decoder always starts from a 4x4 map; the training classifier reads decodes at 64 px at most.
 """
 
 from __future__ import annotations
@@ -24,14 +35,25 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import setting
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
-from .blocks import AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, reverse_gradient
+from .blocks import (
+    AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, laplacian_variance, reverse_gradient,
+)
+from .discriminator import PatchDiscriminator, feature_matching_loss, hinge_d_loss, hinge_g_loss
+from .independence import CriticEnsemble, hsic
 
-N_DOWN = 4  # 64 -> 4x4 feature maps; image size must be a multiple of 16
+N_DOWN = 4  # stride-2 stages up to 64 px (64 -> 4x4 feature maps); see ``n_down``
+CLASSIFIER_SIZE = 64  # the training classifier reads decodes at this size at most (attributes need no more)
+
+
+def n_down(image_size: int) -> int:
+    """Stride-2 stages of the encoder (and decoder) at ``image_size``: 4 up to 64 px, one more per doubling (5 at 128)."""
+    return max(N_DOWN, (image_size // 4).bit_length() - 1)
 
 
 @dataclass
@@ -45,10 +67,27 @@ class ConcealerConfig:
     classifier_weight: float = setting(0.0, at_least=0)  # weight of the attribute-classifier loss on decodes; 0 = the paper's method
     independence_weight: float = setting(0.0, at_least=0)  # weight of the MMD penalty between label groups' codes; 0 = the paper's method
     eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
+    # --- v2 levers (issue 14); the defaults are the 64-px models' behaviour ---
+    l2_weight: float = setting(1.0, at_least=0)  # summed squared error (the VAE's Gaussian likelihood)
+    l1_weight: float = setting(0.0, at_least=0)  # summed absolute error: its minimiser is a median, less blurry than L2's mean
+    # Discriminator terms are means over patches / features; they are multiplied by the pixel count (3·S·S) so
+    # that a weight compares with a per-pixel error of the summed reconstruction (0.01 ~ a per-pixel MSE of 0.01).
+    adversarial_weight: float = setting(0.0, at_least=0)  # hinge loss of a patch discriminator on decodes; 0 and no feature matching = no discriminator
+    feature_matching_weight: float = setting(0.0, at_least=0)  # L1 between the discriminator's features of a decode and of its input
+    disc_width: int = setting(32, at_least=1)  # channels of the discriminator's first conv; doubles per stage
+    disc_down: int = setting(3, at_least=1)  # its stride-2 stages (3: 38-px patches)
+    disc_conditional: bool = False  # projection discriminator on the concealed labels
+    disc_start: int = setting(0, at_least=0)  # step from which decodes are pushed by the discriminator (it learns from step 0)
+    critics: int = setting(0, at_least=0)  # size of the code-critic ensemble (0 = none)
+    critics_weight: float = setting(0.0, at_least=0)  # weight of the strongest critic's confusion loss on the encoder
+    critics_restart_every: int = setting(0, at_least=0)  # steps between restarts of one critic (staggered); 0 = never
+    hsic_weight: float = setting(0.0, at_least=0)  # weight of the normalised HSIC between codes and labels
 
     @classmethod
     def tiny(cls) -> "ConcealerConfig":
-        return cls(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0)
+        return cls(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0, l1_weight=1.0, adversarial_weight=0.01,
+                   feature_matching_weight=0.1, disc_width=4, disc_down=2, disc_conditional=True, critics=2,
+                   critics_weight=1.0, critics_restart_every=2, hsic_weight=1.0)
 
 
 class ImageAttributeClassifier(nn.Module):
@@ -56,12 +95,15 @@ class ImageAttributeClassifier(nn.Module):
 
     def __init__(self, schema: LabelSchema, image_size: int, width: int = 32):
         super().__init__()
+        self.size = min(image_size, CLASSIFIER_SIZE)
         self.features = conv_encoder(3, width, N_DOWN)
-        feat = min(width * 2 ** (N_DOWN - 1), 512) * (image_size // 2**N_DOWN) ** 2
+        feat = min(width * 2 ** (N_DOWN - 1), 512) * (self.size // 2**N_DOWN) ** 2
         self.dropout = nn.Dropout(0.3)
         self.heads = AttributeHeads(feat, schema)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[-1] != self.size:  # (B, 3, S, S) -> (B, 3, 64, 64): area = box filter, no aliasing
+            x = F.interpolate(x, size=(self.size, self.size), mode="area")
         return self.heads(self.dropout(self.features(x).flatten(1)))
 
 
@@ -125,30 +167,38 @@ class ConcealerNet(Method):
     Config = ConcealerConfig
     Graph = ConcealerGraph
     releases = ("codes", "images")
-    shown_losses = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded")
+    shown_losses = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded", "disc", "confusion")
     cli_options = {"latent": "latent size (48 or 100 in the paper)"}
     audit = "conceal.audit.concealer:audit_concealer"
 
     def __init__(self, cfg: ConcealerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
-        if image_size % 2**N_DOWN:
-            raise ValueError(f"concealer image size must be a multiple of {2**N_DOWN}, not {image_size}")
+        depth = n_down(image_size)
+        if image_size % 2**depth:
+            raise ValueError(f"concealer image size must be a multiple of {2**depth}, not {image_size}")
         self.concealed = schema.subset(list(cfg.conceal))  # KeyError names the dataset's labels
-        top = min(cfg.width * 2 ** (N_DOWN - 1), 512)
-        self.side = image_size // 2**N_DOWN
-        self.encoder = conv_encoder(3, cfg.width, N_DOWN)
+        top = min(cfg.width * 2 ** (depth - 1), 512)
+        self.side = image_size // 2**depth
+        self.encoder = conv_encoder(3, cfg.width, depth)
         self.to_moments = nn.Linear(top * self.side**2, 2 * cfg.latent)  # -> (μ, log σ²)
         self.codec = LabelCodec(self.concealed)
         self.from_latent = nn.Sequential(
             nn.Linear(cfg.latent + self.codec.dim, top * self.side**2), nn.ReLU(True)
         )
-        self.decoder = conv_decoder(3, cfg.width, N_DOWN)
+        self.decoder = conv_decoder(3, cfg.width, depth)
         self.critic = (
             nn.Sequential(nn.Linear(cfg.latent, 256), nn.LeakyReLU(0.2, True), nn.Linear(256, 256), nn.LeakyReLU(0.2, True), AttributeHeads(256, self.concealed))
             if cfg.critic_weight > 0
             else None
         )
         self.classifier = ImageAttributeClassifier(self.concealed, image_size) if cfg.classifier_weight > 0 else None
+        uses_disc = cfg.adversarial_weight > 0 or cfg.feature_matching_weight > 0
+        self.discriminator = (
+            PatchDiscriminator(cfg.disc_width, cfg.disc_down, self.codec.dim if cfg.disc_conditional else 0) if uses_disc else None
+        )
+        self.critic_ensemble = (
+            CriticEnsemble(cfg.latent, self.concealed, cfg.critics, restart_every=cfg.critics_restart_every) if cfg.critics else None
+        )
         self.code_dim = cfg.latent
         self.init_eraser()
 
@@ -185,11 +235,18 @@ class ConcealerNet(Method):
             self.encoder.eval()
         return self
 
+    # Parts with an optimizer of their own: the VAE's never updates them, and theirs never update the VAE.
+    OWN_OPTIMIZER = ("classifier", "discriminator", "critic_ensemble")
+
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        vae = [p for n, p in self.named_parameters() if not n.startswith("classifier.")]
+        vae = [p for n, p in self.named_parameters() if n.split(".")[0] not in self.OWN_OPTIMIZER]
         opts = {"vae": torch.optim.Adam(vae, lr=lr, betas=(0.5, 0.999))}
         if self.classifier is not None:
             opts["classifier"] = torch.optim.Adam(self.classifier.parameters(), lr=lr)
+        if self.discriminator is not None:
+            opts["discriminator"] = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        if self.critic_ensemble is not None:
+            opts["critics"] = torch.optim.Adam(self.critic_ensemble.parameters(), lr=lr)
         return opts
 
     def _labels(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -219,13 +276,33 @@ class ConcealerNet(Method):
         recon_x = self.decode(z, y, drop)
         recon = (recon_x - x).pow(2).sum(dim=(1, 2, 3)).mean()  # summed over pixels: the VAE's Gaussian likelihood
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
-        loss = recon + self.cfg.kl_weight * kl
+        loss = self.cfg.l2_weight * recon + self.cfg.kl_weight * kl
         logs.update(recon=recon.item(), kl=kl.item())
+        if self.cfg.l1_weight > 0:
+            l1 = (recon_x - x).abs().sum(dim=(1, 2, 3)).mean()
+            loss = loss + self.cfg.l1_weight * l1
+            logs["l1"] = l1.item()
 
         if self.cfg.independence_weight > 0 and not frozen:
             mmd = independence_mmd(mu, y, self.concealed)
             loss = loss + self.cfg.independence_weight * mmd
             logs["mmd"] = mmd.item()
+
+        if self.cfg.hsic_weight > 0 and not frozen:
+            dependence = hsic(mu, y, self.concealed)
+            loss = loss + self.cfg.hsic_weight * dependence
+            logs["hsic"] = dependence.item()
+
+        if self.critic_ensemble is not None and not frozen:
+            # The critics learn from detached codes with their own optimizer; the encoder confuses the strongest.
+            self.critic_ensemble.restart_due(step, optimizers["critics"])
+            critics_loss = self.critic_ensemble.critic_loss(mu.detach(), y)
+            optimizers["critics"].zero_grad(set_to_none=True)
+            critics_loss.backward()
+            optimizers["critics"].step()
+            confusion = self.critic_ensemble.encoder_loss(mu, y)
+            loss = loss + self.cfg.critics_weight * confusion
+            logs.update(critics=critics_loss.item() / len(self.critic_ensemble.critics), confusion=confusion.item())
 
         if self.critic is not None and not frozen:
             # The critic minimises its loss; the reversed gradient makes the encoder maximise it, times λ.
@@ -239,16 +316,61 @@ class ConcealerNet(Method):
             target = {n: v[perm] for n, v in y.items()}
             self.classifier.eval()
             self.classifier.requires_grad_(False)
-            t_loss = sum(self.classifier.heads.losses(self.classifier(self.decode(z, target)), target).values())
+            target_x = self.decode(z, target)
+            t_loss = sum(self.classifier.heads.losses(self.classifier(target_x), target).values())
             self.classifier.requires_grad_(True)
             loss = loss + self.cfg.classifier_weight * t_loss
             logs["cls_decoded"] = t_loss.item()
+
+        if self.discriminator is not None:
+            # As many fakes as real faces: the reconstructions, or (with the classifier) the first half of them and
+            # the second half of the shuffled-target decodes, each with the labels it was decoded with.
+            half = len(x) // 2 if self.classifier is not None else len(x)
+            fakes, fake_labels = recon_x, y
+            if self.classifier is not None:
+                fakes = torch.cat([recon_x[:half], target_x[half:]])
+                fake_labels = {n: torch.cat([y[n][:half], target[n][half:]]) for n in y}
+            loss = loss + self._discriminator_terms(x, y, fakes, fake_labels, half, optimizers["discriminator"], step, logs)
 
         optimizers["vae"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["vae"].step()
         logs["loss"] = loss.item()
         return logs
+
+    def _condition(self, labels: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The projection discriminator's condition (B, codec.dim), a constant to it; None when unconditional."""
+        return self.codec(labels).detach() if self.cfg.disc_conditional else None
+
+    def _discriminator_terms(self, real: torch.Tensor, real_labels: dict, fakes: torch.Tensor, fake_labels: dict, n_recon: int,
+                             optimizer: torch.optim.Optimizer, step: int, logs: dict) -> torch.Tensor:
+        """One discriminator step on real (B, 3, S, S) vs detached fakes (B, 3, S, S), whose first ``n_recon`` rows
+        reconstruct the first real ones; then the generator's adversarial + feature-matching terms (scaled per
+        pixel; 0 before ``disc_start``) against the updated discriminator, whose parameters get no gradient from them."""
+        disc = self.discriminator
+        real_cond, fake_cond = self._condition(real_labels), self._condition(fake_labels)
+        real_logits, _ = disc(real, real_cond)
+        fake_logits, _ = disc(fakes.detach(), fake_cond)
+        d_loss = hinge_d_loss(real_logits, fake_logits)
+        optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizer.step()
+        logs.update(disc=d_loss.item(), disc_real=real_logits.mean().item(), disc_fake=fake_logits.mean().item())
+        if step < self.cfg.disc_start:
+            return fakes.new_zeros(())
+        disc.requires_grad_(False)
+        fake_logits, fake_features = disc(fakes, fake_cond)
+        adversarial = hinge_g_loss(fake_logits)
+        terms = self.cfg.adversarial_weight * adversarial
+        logs["adversarial"] = adversarial.item()
+        if self.cfg.feature_matching_weight > 0:
+            with torch.no_grad():
+                _, real_features = disc(real[:n_recon], None if real_cond is None else real_cond[:n_recon])
+            matching = feature_matching_loss(real_features, [f[:n_recon] for f in fake_features])  # reconstructions only
+            terms = terms + self.cfg.feature_matching_weight * matching
+            logs["feature_matching"] = matching.item()
+        disc.requires_grad_(True)
+        return terms * real[0].numel()  # per pixel, as the summed reconstruction
 
     @torch.no_grad()
     def validation_step(self, batch: Batch) -> dict[str, float]:
@@ -262,6 +384,8 @@ class ConcealerNet(Method):
             "recon": (recon_x - x).pow(2).sum(dim=(1, 2, 3)).mean().item(),
             "kl": kl.item(),
             "psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item(),
+            # variance of the Laplacian of decodes over that of their inputs (1 = as sharp; the 64-px model: ~0.13)
+            "sharpness": (laplacian_variance(recon_x).mean() / laplacian_variance(x).mean().clamp_min(1e-12)).item(),
         }
         if self.classifier is not None:
             # How often decodes with shuffled targets are read as the target, by the training classifier

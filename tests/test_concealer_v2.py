@@ -1,0 +1,206 @@
+"""Concealer v2 levers (issue 14) on tiny models: the discriminator and critic-ensemble losses, their isolation
+from the generator, determinism, save -> load, and that configs without the levers behave as before."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conceal.config import RunConfig, TrainConfig
+from conceal.data.schema import UTKFACE_SCHEMA
+from conceal.data.synthetic import SyntheticFaces
+from conceal.methods import Concealer, ConcealerConfig, ConcealerNet
+from conceal.methods.blocks import AttributeHeads, laplacian_variance
+from conceal.methods.concealer import n_down
+from conceal.methods.discriminator import PatchDiscriminator, feature_matching_loss, hinge_d_loss, hinge_g_loss
+from conceal.methods.independence import CriticEnsemble, confusion_losses, hsic
+from conceal.train import fit
+from conceal.train.loop import make_batch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = json.loads((Path(__file__).parent / "data" / "concealer_v1_reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return SyntheticFaces(n=64, seed=5, size=32).arrays()
+
+
+def tiny(data, **changes) -> ConcealerNet:
+    torch.manual_seed(0)
+    return ConcealerNet(dataclasses.replace(ConcealerConfig.tiny(), **changes), data.schema, 32)
+
+
+def labels(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"age": torch.rand(n, generator=g) * 80, "gender": (torch.rand(n, generator=g) > 0.5).float(),
+            "race": torch.randint(0, 5, (n,), generator=g).float()}
+
+
+def test_patch_discriminator_shapes_gradients_and_losses():
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(width=4, n_down=2, cond_dim=3)
+    real, fake = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32, requires_grad=True)
+    cond = torch.randn(4, 3)
+    logits, features = disc(real, cond)
+    assert logits.shape == (4, 1, 8, 8) and [f.shape[1:] for f in features] == [(4, 16, 16), (8, 8, 8)]
+    fake_logits, fake_features = disc(fake, cond)
+    d_loss = hinge_d_loss(logits, fake_logits)
+    g_terms = hinge_g_loss(fake_logits) + feature_matching_loss(features, fake_features)
+    assert torch.isfinite(d_loss) and torch.isfinite(g_terms)
+    d_loss.backward(retain_graph=True)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
+    g_terms.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0 and torch.isfinite(fake.grad).all()
+    with pytest.raises(ValueError, match="conditional"):
+        disc(real)
+    # the hinge is 0 once real and fake are separated by the margin, and the condition changes the logit
+    assert hinge_d_loss(torch.full((2,), 1.5), torch.full((2,), -1.5)) == 0
+    assert not torch.allclose(disc(real, cond)[0], disc(real, -cond)[0])
+
+
+def test_confusion_is_zero_at_a_uniform_guess_and_positive_when_the_critic_reads_the_label():
+    schema = UTKFACE_SCHEMA.subset(["age", "gender", "race"])
+    heads = AttributeHeads(4, schema)
+    y = labels(8)
+    blind = {"gender": torch.zeros(8, 1), "race": torch.zeros(8, 5),
+             "age": torch.logit((y["age"].mean() / 116).expand(8, 1))}  # mean-guess age (UTKFace age range 0..116)
+    sure = {"gender": 20 * (y["gender"][:, None] * 2 - 1), "race": 20 * torch.nn.functional.one_hot(y["race"].long(), 5).float(),
+            "age": torch.logit((y["age"] / 116).clamp(0.01, 0.99))[:, None]}
+    for name, value in confusion_losses(heads, blind, y).items():
+        assert abs(value.item()) < 1e-4, name
+    for name, value in confusion_losses(heads, sure, y).items():
+        assert value.item() > 0.5, name
+
+
+def test_hsic_sees_dependence_and_has_gradients():
+    g = torch.Generator().manual_seed(0)
+    y = labels(128)
+    independent = torch.randn(128, 6, generator=g, requires_grad=True)
+    dependent = independent.detach() + 3 * y["gender"][:, None]
+    schema = UTKFACE_SCHEMA.subset(["gender"])
+    free, tied = hsic(independent, y, schema), hsic(dependent, y, schema)
+    assert tied > 3 * free and 0 <= free < 0.1
+    free.backward()
+    assert torch.isfinite(independent.grad).all() and independent.grad.abs().sum() > 0
+
+
+def test_critic_ensemble_restarts_one_critic_at_a_time_and_forgets_its_optimizer_state():
+    schema = UTKFACE_SCHEMA.subset(["age", "gender", "race"])
+    torch.manual_seed(0)
+    ensemble = CriticEnsemble(6, schema, n_critics=2, hidden=8, restart_every=4)
+    opt = torch.optim.Adam(ensemble.parameters(), lr=1e-2)
+    codes, y = torch.randn(16, 6), labels(16)
+    loss = ensemble.critic_loss(codes, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    before = [[p.clone() for p in c.parameters()] for c in ensemble.critics]
+    assert [ensemble.restart_due(s, opt) for s in range(1, 4)] == [None, 1, None]  # critic 1 at step 2 (staggered)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], ensemble.critics[0].parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(before[1], ensemble.critics[1].parameters()))
+    assert all(p not in opt.state for p in ensemble.critics[1].parameters()) and all(p in opt.state for p in ensemble.critics[0].parameters())
+    assert ensemble.restart_due(4, opt) == 0
+    opt.zero_grad(set_to_none=True)
+    enc = ensemble.encoder_loss(codes.requires_grad_(), y)
+    enc.backward()  # the encoder's term: gradient to the codes only
+    assert torch.isfinite(enc) and codes.grad.abs().sum() > 0 and all(p.grad is None for p in ensemble.parameters())
+
+
+def test_discriminator_step_never_updates_the_generator_and_the_generator_terms_never_reach_the_discriminator(faces):
+    vae = tiny(faces)
+    opts = vae.configure_optimizers(1e-2)
+    disc_params = set(vae.discriminator.parameters())
+    assert not disc_params & {p for g in opts["vae"].param_groups for p in g["params"]}
+    assert {p for g in opts["discriminator"].param_groups for p in g["params"]} == disc_params
+    batch = make_batch(faces, np.arange(8), torch.device("cpu"))
+    x, y = batch["image"], vae._labels(batch)
+    fakes = vae.decode(vae.encode(x)[0], y)  # (8, 3, 32, 32), in the generator's graph
+    generator = {n: p.clone() for n, p in vae.named_parameters() if p not in disc_params}
+    disc_before = [p.clone() for p in vae.discriminator.parameters()]
+    terms = vae._discriminator_terms(x, y, fakes, y, 4, opts["discriminator"], step=10, logs={})
+    # the discriminator step: its weights moved, the generator's did not and got no gradient
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, vae.discriminator.parameters()))
+    assert all(torch.equal(p, generator[n]) and p.grad is None for n, p in vae.named_parameters() if p not in disc_params)
+    disc_grads = [p.grad.clone() for p in vae.discriminator.parameters()]
+    terms.backward()  # the generator's adversarial + feature-matching terms
+    assert torch.isfinite(terms) and terms.item() != 0
+    assert all(torch.equal(g, p.grad) for g, p in zip(disc_grads, vae.discriminator.parameters()))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.decoder.parameters())
+    # before disc_start the discriminator still learns, and the generator gets nothing from it
+    vae.cfg = dataclasses.replace(vae.cfg, disc_start=5)
+    logs = {}
+    assert vae._discriminator_terms(x, y, fakes.detach(), y, 4, opts["discriminator"], step=4, logs=logs).item() == 0
+    assert "disc" in logs and "adversarial" not in logs
+
+
+def test_every_v2_term_is_finite_and_logged(faces):
+    vae = tiny(faces)
+    opts = vae.configure_optimizers(1e-3)
+    batch = make_batch(faces, np.arange(16), torch.device("cpu"))
+    logs = [vae.training_step(batch, opts, step) for step in range(3)][-1]
+    for key in ("l1", "hsic", "critics", "confusion", "disc", "adversarial", "feature_matching", "loss"):
+        assert np.isfinite(logs[key]), key
+    val = vae.validation_step(batch)
+    assert 0 < val["sharpness"] < 10 and np.isfinite(val["psnr"])
+
+
+def test_training_is_seeded_and_save_load_reproduces_outputs(faces, tmp_path):
+    cfg = RunConfig(method="concealer", train=TrainConfig(epochs=1, batch_size=16, progress=False, threads=1))
+    cfg.data.size, cfg.model = 32, ConcealerConfig.tiny()
+    weights = []
+    for run in ("a", "b"):
+        vae = tiny(faces)
+        fit(vae, faces.subset("train"), faces.subset("val"), cfg, tmp_path / run, stop_after_steps=3, log=lambda *_: None)
+        weights.append(vae.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    images = faces.images[:4]
+    saved = Concealer.load(tmp_path / "a")
+    fresh = Concealer(vae)
+    assert np.array_equal(saved.encode(images), fresh.encode(images))
+    assert np.array_equal(saved.apply(images, as_={"gender": "female"}), fresh.apply(images, as_={"gender": "female"}))
+
+
+def test_depth_follows_the_image_size():
+    assert [n_down(s) for s in (32, 48, 64, 96, 128, 256)] == [4, 4, 4, 4, 5, 6]
+    vae = ConcealerNet(dataclasses.replace(ConcealerConfig.tiny(), disc_width=2), UTKFACE_SCHEMA, 128)
+    x = torch.rand(2, 3, 128, 128)
+    mu, _ = vae.encode(x)
+    out = vae.decode(mu, labels(2))
+    assert out.shape == (2, 3, 128, 128) and vae.side == 4
+    assert set(vae.classifier(out)) == {"age", "gender", "race"}  # read at 64 px
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ConcealerNet(ConcealerConfig(), UTKFACE_SCHEMA, 144)  # 5 stages at 144 px: 144 / 32 is not whole
+
+
+def test_laplacian_variance_falls_with_blur():
+    x = torch.rand(2, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    assert (laplacian_variance(blurred) < 0.2 * laplacian_variance(x)).all()
+
+
+def test_the_shipped_64_px_model_behaves_as_before_v2():
+    """Outputs and training losses recorded with the code before the v2 levers (tests/data/concealer_v1_reference.json)."""
+    model = Concealer.load(REPO / "models" / "concealer-utkface-64")
+    assert model.method.discriminator is None and model.method.critic_ensemble is None
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(model.encode(images), REFERENCE["codes"], atol=1e-4)
+    released = model.apply(images, as_={"gender": "female", "age": 40})
+    np.testing.assert_allclose(released.reshape(2, -1).mean(1), REFERENCE["released_mean"], atol=1e-3)
+    assert released[:, 0, :4, 0].tolist() == REFERENCE["released_first_row"]
+    # training a config without the levers: the same loss terms, step by step
+    data = SyntheticFaces(n=64, seed=5, size=32).arrays()
+    torch.manual_seed(0)
+    vae = ConcealerNet(ConcealerConfig(latent=8, width=8, critic_weight=1.0, classifier_weight=1.0, independence_weight=1.0), data.schema, 32)
+    opts = vae.configure_optimizers(1e-3)
+    batch = make_batch(data, np.arange(16), torch.device("cpu"))
+    for step, want in enumerate(REFERENCE["train_logs"]):
+        got = vae.training_step(batch, opts, step)
+        assert set(got) == set(want)
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-4), (step, k)
