@@ -59,7 +59,7 @@ def throughput(args) -> None:
     photos = work / "photos"
     photos.mkdir()
     for i in range(args.photos):
-        image, _ = composite(1, seed=2000 + i, width=256, height=192, sides=(48, 96), tilts=(-20, 20))
+        image, _ = composite(1, seed=2000 + i, width=256, height=192, sides=(40, 64), tilts=(-20, 20))
         Image.fromarray(image).save(photos / f"{i:05d}.jpg", quality=90)
     print(f"{args.photos} photos in {photos}; {load()}; {os.cpu_count()} CPUs", flush=True)
     t0 = time.perf_counter()

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .apply import THREADS, ApplyOptions, ApplySummary, batch_size, check_summary, conceal_files, manifest_line, plan_apply
+from .apply import MANIFEST, THREADS, ApplyOptions, ApplySummary, batch_size, check_summary, conceal_files, manifest_line, plan_apply
 from .data.base import DataError
 
 OBJECT_STORE_BYTES = 256 * 2**20  # a local Ray's object store: rows are names and manifest lines, not images
@@ -56,7 +57,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None):
         return ray, False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats report (and nothing may leave the machine)
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as error:  # ConnectionError (no cluster there), a version mismatch, a timeout: Ray's words
+            ray.shutdown()
+            raise DataError(f"could not join the Ray cluster at --address {address}: {error}") from None
         return ray, True
     for attempt in range(1, STARTS + 1):
         try:
@@ -119,23 +124,31 @@ def run_apply_ray(model_path: str | Path, inputs: list[Path], out: Path, options
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows back in input order: the manifest's order
         context.enable_progress_bars = context.print_on_execution_start = False  # our bar and summary line, not Ray Data's
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # (its INFO lines: the plan, progress, "finished")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines (plan, progress, done) and notes on itself
         from tqdm import tqdm
 
         with plan.open_manifest() as log, tqdm(total=len(plan.todo), unit="img", disable=not progress) as bar:
             if rows:
                 dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # a block per chunk: any actor takes any
-                results = dataset.map_batches(
-                    actor_class, batch_size=1, batch_format="numpy", concurrency=actors, num_cpus=threads,
-                    fn_constructor_kwargs={"model_path": str(model_path), "options": options, "out": str(plan.out), "threads": threads},
-                    ray_remote_args_fn=lambda: {"max_restarts": RETRIES, "max_task_retries": RETRIES})  # Ray Data's default: forever
-                for row in results.iter_rows():
-                    for line in row["lines"].split("\n"):
-                        log.write(line + "\n")
-                        record = json.loads(line)
-                        summary.add(record["input"], record["output"], record["status"], record["reason"])
-                        bar.update()
-                    log.flush()
+                with warnings.catch_warnings():
+                    # Ray 2.60 deprecates ray_remote_args_fn but has no other way to bound an actor's restarts (its
+                    # default is forever: a chunk that kills every worker, e.g. a decoder crash, would never end).
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    results = dataset.map_batches(
+                        actor_class, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                        num_cpus=threads, ray_remote_args_fn=lambda: {"max_restarts": RETRIES, "max_task_retries": RETRIES},
+                        fn_constructor_kwargs={"model_path": str(model_path), "options": options, "out": str(plan.out), "threads": threads})
+                try:
+                    for row in results.iter_rows():
+                        for line in row["lines"].split("\n"):
+                            log.write(line + "\n")
+                            record = json.loads(line)
+                            summary.add(record["input"], record["output"], record["status"], record["reason"])
+                            bar.update()
+                        log.flush()
+                except ray.exceptions.RayError as error:  # its text ends with the worker's own error
+                    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                    raise DataError(f"the Ray run stopped ({last}); {MANIFEST} lists what was done: --resume continues it") from None
     finally:
         if started:
             ray.shutdown()
