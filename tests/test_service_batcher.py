@@ -56,7 +56,6 @@ def test_announced_requests_share_one_call_and_get_their_own_rows_back():
     for released, value, n in zip(out, (10, 20, 30), (1, 2, 3)):
         assert released.shape == (n, 4, 4, 3) and (released == 255 - value).all()
     assert (batcher.calls, batcher.faces) == (1, 6)
-    batcher.close()
 
 
 def test_requests_with_different_options_do_not_share_a_call():
@@ -65,14 +64,12 @@ def test_requests_with_different_options_do_not_share_a_call():
     out = run_requests(batcher, model, [(crops(1), female), (crops(2), male), (crops(3), female)])
     assert sorted((n, o["as_"]["gender"]) for n, o in model.calls) == [(1, "male"), (2, "female")]
     assert [int(o[0, 0, 0, 0]) for o in out] == [254, 253, 252]
-    batcher.close()
 
 
 def test_a_call_never_takes_more_than_max_faces_unless_one_request_has_more():
     model, batcher = RecordingModel(), ModelBatcher(max_faces=3, max_wait_s=60)
     run_requests(batcher, model, [(crops(1, 2), {}), (crops(2, 2), {}), (crops(3, 5), {})])
     assert sum(n for n, _ in model.calls) == 9 and all(n <= 3 or n == 5 for n, _ in model.calls)
-    batcher.close()
 
 
 def test_a_lone_request_and_one_that_leaves_early_are_not_waited_for():
@@ -95,7 +92,6 @@ def test_a_lone_request_and_one_that_leaves_early_are_not_waited_for():
             timer.start()
             assert (ticket.release(model, crops(6)) == 249).all()
     assert time.monotonic() - started < 60  # far below the 120 s the batch would wait for a request that never came
-    batcher.close()
 
 
 def test_a_model_error_reaches_each_request_of_the_call_and_the_batcher_goes_on():
@@ -104,7 +100,6 @@ def test_a_model_error_reaches_each_request_of_the_call_and_the_batcher_goes_on(
     assert all(isinstance(e, RuntimeError) and str(e) == "model broke" for e in out)
     with batcher.request() as ticket:
         assert (ticket.release(RecordingModel(), crops(7)) == 248).all()
-    batcher.close()
 
 
 # --- through the app ---------------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits = Limits()) -> Fas
     app = FastAPIOffline(title="conceal", version=__version__, description="Conceal faces in photos: the `conceal serve` API.",
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.gate, app.state.batcher, app.state.limits, app.state.models = gate, batcher, limits, models
-    app.router.on_shutdown += [gate.close, batcher.close]
+    app.router.on_shutdown.append(gate.close)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
@@ -249,7 +249,7 @@ def _parse_apply_form(form, models: dict[str, ServedModel]) -> tuple[ServedModel
 
 def _conceal_upload(model: ServedModel, data: bytes, options: dict, detect: bool, max_pixels: int, batcher: ModelBatcher):
     """On a worker thread: bytes -> (PNG bytes, faces, (H, W)); the photo's errors become 413 / 415 / 422.
-    The model runs on the batcher's thread, on this photo's faces together with other requests' (see batcher.py)."""
+    The model runs on this photo's faces together with those of concurrent requests (see batcher.py)."""
     with batcher.request() as ticket:
         try:
             image = decode_image(data, max_pixels)  # (H, W, 3) uint8, upright
