@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--burst", type=float, default=0.25, help="seconds of each matmul burst")
+    parser.add_argument("--apply-only", action="store_true", help="only the backend `conceal apply` runs (Method.fastest_backend, "
+                        "after fold_for_inference): where each model stands, without the before columns")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average at start: {os.getloadavg()}; {args.threads} threads, batch {args.batch}, {args.rounds} rounds")
@@ -62,6 +64,9 @@ def main() -> None:
             "onnxruntime (before: unfolded graph)": onnx_runner(method, inputs),
             "onnxruntime + fold_for_inference": onnx_runner(rewritten, inputs),
         }
+        if args.apply_only:
+            runners = {k: v for k, v in runners.items() if k.endswith("fold_for_inference")
+                       and k.startswith("onnxruntime" if method.fastest_backend == "onnxruntime" else "torch")}
         flops = flops_per_image(method)
         ratios: dict[str, list[float]] = {k: [] for k in runners}
         seconds: dict[str, list[float]] = {k: [] for k in runners}
