@@ -1,7 +1,7 @@
 """``conceal apply --engine ray``: on one small local Ray (2 CPUs) for the module, the outputs and the manifest
-are byte for byte the single-process run's, with 1 actor and with 2, one of them killed mid-chunk and retried
-(nothing lost or doubled); --resume finishes a cut-short run. Without Ray, one line says how to get it.
-Three Ray runs in all: each starts its actors afresh (a process, torch and the model: seconds on 2 cores)."""
+are byte for byte the single-process run's: with 1 actor, and resuming a cut-short run on 2 actors, one of
+them killed mid-chunk and retried (nothing lost or doubled). Without Ray, one line says how to get it.
+Two Ray runs in all: each starts its actors afresh (a process, torch and the model: seconds on 2 cores)."""
 
 from __future__ import annotations
 
@@ -79,31 +79,11 @@ def test_the_cli_on_one_actor_writes_the_single_process_bytes(local_ray, tiny_mo
 
 
 @needs_ray
-def test_a_killed_actor_is_retried_without_lost_or_doubled_outputs(local_ray, tiny_models, photos, masker_reference, tmp_path):
+def test_a_resumed_run_with_an_actor_killed_mid_chunk_loses_and_doubles_nothing(local_ray, tiny_models, photos, masker_reference, tmp_path):
+    """A single-process run cut short, resumed on 2 actors, one of which dies on its first chunk of b/."""
     from conceal.ray_apply import ConcealChunks, run_apply_ray
 
-    marker = tmp_path / "died"
-
-    class DiesOnce(ConcealChunks):  # defined here, so Ray ships it by value to its workers
-        def __call__(self, batch):
-            if any("p021" in chunk for chunk in batch["chunk"]) and not marker.exists():
-                marker.write_text(str(os.getpid()))
-                os._exit(1)  # the worker process dies mid-chunk, as a killed or crashed one would
-            return super().__call__(batch)
-
-    summary = run_apply_ray(tiny_models["masker"], [photos], tmp_path / "out", MASKER, actors=2, batch=BATCH, actor_class=DiesOnce)
-    assert marker.is_file()  # it did die
-    got = tree(tmp_path / "out")
-    lines = got[MANIFEST].decode().splitlines()
-    assert summary.written == N_PHOTOS and len(lines) == len(set(lines)) == N_PHOTOS + 2
-    assert len(got) == 2 * N_PHOTOS + 1 and got == tree(masker_reference)  # images, masks and the manifest
-
-
-@needs_ray
-def test_resume_on_ray_finishes_a_cut_short_run(local_ray, tiny_models, photos, masker_reference, tmp_path):
-    from conceal.ray_apply import run_apply_ray
-
-    out = tmp_path / "out"
+    out, marker = tmp_path / "out", tmp_path / "died"
     shutil.copytree(masker_reference, out)
     lines = (out / MANIFEST).read_text().splitlines(keepends=True)
     for line in lines[15:]:  # as if the run died after 15 lines: later outputs gone ...
@@ -112,10 +92,22 @@ def test_resume_on_ray_finishes_a_cut_short_run(local_ray, tiny_models, photos, 
             (out / name.replace(".png", "_mask.png")).unlink()
     (out / "b" / "p020.png").write_bytes(b"half-written by the dead run")  # ... but one, unlisted, left behind
     (out / MANIFEST).write_text("".join(lines[:15]) + lines[15][:10])  # and a torn last line
-    summary = run_apply_ray(tiny_models["masker"], [photos], out, MASKER, resume=True, actors=2, batch=BATCH)
+
+    class DiesOnce(ConcealChunks):  # defined here, so Ray ships it by value to its workers
+        def __call__(self, batch):
+            if any("/b/" in chunk for chunk in batch["chunk"]) and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)  # the worker process dies mid-chunk, as a killed or crashed one would
+            return super().__call__(batch)
+
+    summary = run_apply_ray(tiny_models["masker"], [photos], out, MASKER, resume=True, actors=2, batch=BATCH, actor_class=DiesOnce)
+    assert marker.is_file()  # it did die
     assert summary.resumed == 15 - 1  # (notes.txt is no image file)
     assert summary.written == sum(bool(json.loads(line)["output"]) for line in lines[15:])
-    assert tree(out) == tree(masker_reference)
+    got = tree(out)
+    manifest = got[MANIFEST].decode().splitlines()
+    assert len(manifest) == len(set(manifest)) == N_PHOTOS + 2  # every input once, broken.jpg and notes.txt included
+    assert len(got) == 2 * N_PHOTOS + 1 and got == tree(masker_reference)  # images, masks and the manifest
 
 
 def test_without_ray_one_line_says_how_to_get_it(monkeypatch, tiny_models, photos, tmp_path, capsys):
