@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("models", nargs="*", metavar="MODEL", help="model directories (default: the headline model of each method in models/)")
     se.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     se.add_argument("--port", type=int, default=8000, help="port to listen on")
-    se.add_argument("--workers", type=int, default=1, help="photos concealed at once; their faces share model calls (default: 1)")
+    se.add_argument("--workers", type=int, default=4, help="photos concealed at once; their faces share model calls (default: 4)")
     se.add_argument("--queue", type=int, default=4, help="requests waiting for a worker before 503 (default: 4)")
     se.add_argument("--max-upload-mb", type=float, default=20, help="largest upload in MiB (default: 20)")
     se.set_defaults(func=cmd_serve)
