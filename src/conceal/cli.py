@@ -308,6 +308,14 @@ def _config_help(text: str, key: str) -> str:
     return f"{text} (sets {key}; default: the config's, else {'none' if default is None else default})"
 
 
+def _model_data_arguments(parser: argparse.ArgumentParser, model: str, dataset: str, out: str) -> None:
+    """The arguments of a command that reads a model and a split of a dataset (by default its training one)."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("--dataset", choices=dataset_names(), help=f"{dataset} (default: the model's training dataset)")
+    parser.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
+    parser.add_argument("-o", "--out", required=True, help=out)
+
+
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``conceal train METHOD`` that every method shares."""
     parser.add_argument("-o", "--out", required=True, help="run directory (config.toml, checkpoint/, loss_curves.png)")
@@ -459,10 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=cmd_decode)
 
     au = sub.add_parser("audit", help="attack what a model releases with fresh attackers and offline judges")
-    au.add_argument("model", help="a model directory (models/NAME) or a run directory")
-    au.add_argument("--dataset", choices=dataset_names(), help="whose test split to attack (default: the model's training dataset)")
-    au.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
-    au.add_argument("-o", "--out", required=True, help="report directory (report.md, report.json, figures)")
+    _model_data_arguments(au, "a model directory (models/NAME) or a run directory", "whose test split to attack",
+                          "report directory (report.md, report.json, figures)")
     au.add_argument("--max-images", type=int, default=None, help="audit a seeded sample of the test split (default: all of it)")
     au.add_argument("--threat-model", choices=("public-model", "test-halves", "all"), default="all",
                     help="public-model: attackers trained on the train split's releases (the headline); test-halves: on half "
@@ -474,10 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.set_defaults(func=cmd_audit)
 
     er = sub.add_parser("erase", help="fit a post-hoc eraser of the concealed labels on a model's training codes (concealer, anonymizer)")
-    er.add_argument("model", help="a concealer or anonymizer model directory (models/NAME) or run directory")
-    er.add_argument("--dataset", choices=dataset_names(), help="whose train split to fit on (default: the model's training dataset)")
-    er.add_argument("--root", help="dataset folder (default: the model's, when --dataset is its training dataset)")
-    er.add_argument("-o", "--out", required=True, help="output model directory (the input model is left as it is)")
+    _model_data_arguments(er, "a concealer or anonymizer model directory (models/NAME) or run directory", "whose train split to fit on",
+                          "output model directory (the input model is left as it is)")
     er.add_argument("--covariance-rank", type=int, default=0, metavar="R",
                     help="also flatten the R directions where label groups' spreads differ most (against non-linear attackers)")
     er.set_defaults(func=cmd_erase)

@@ -29,16 +29,14 @@ import numpy as np
 def method_audit(method: str | None) -> Callable:
     """The audit-section function a registered method names (``Method.audit``: "module:function", imported
     only when used): (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections."""
-    import importlib
-
     from ..data import DataError
     from ..methods import method_class, method_names
 
     try:
-        module, function = method_class(method).audit.split(":")
+        spec = method_class(method).audit
     except ValueError:
         raise DataError(f"no audit for method {method!r} (registered methods: {', '.join(method_names())})") from None
-    return getattr(importlib.import_module(module), function)
+    return _hook(spec)
 
 
 def load_test_split(info: dict, dataset: str, root: str | None, max_images: int | None, seed: int, log: Callable = print):
@@ -67,9 +65,6 @@ def load_test_split(info: dict, dataset: str, root: str | None, max_images: int 
 
 
 THREAT_MODELS = ("public-model", "test-halves", "all")
-# method -> "module:function" giving the keyword arguments of the model's ``apply`` for its audited release
-# (the concealer's fixed target); methods without one release ``apply(images)``.
-RELEASE_OPTIONS = {"concealer": "concealer:release_options"}
 
 
 def _reused_test_halves(path: Path, method: str, n_test: int, seed: int) -> dict:
@@ -101,10 +96,11 @@ def _reused_test_halves(path: Path, method: str, n_test: int, seed: int) -> dict
 
 
 def _hook(spec: str):
+    """The function a "module:function" spec names (a method's ``audit`` or ``audit_release``), imported now."""
     import importlib
 
     module, function = spec.split(":")
-    return getattr(importlib.import_module(f".{module}", __name__), function)
+    return getattr(importlib.import_module(module), function)
 
 
 def run_audit(
@@ -140,6 +136,7 @@ def run_audit(
     """
     from .. import __version__
     from ..data import DataError
+    from ..methods import method_class
     from ..modelfile import read_model_info
     from .context import AuditContext
     from .report import write_report
@@ -156,7 +153,7 @@ def run_audit(
     for name, value in (("--max-train", max_train), ("--max-images", max_images)):
         if value is not None and value < 1:
             raise DataError(f"{name} must be at least 1, not {value}")
-    release = RELEASE_OPTIONS.get(method)
+    release = method_class(method).audit_release  # apply's options for the audited release, if any
     ctx = AuditContext(Path(model_path), info, dataset, Path(out), root=None if root is None else str(root), seed=seed,
                        judges_spec=judges, max_images=max_images, max_train=max_train, log=log,
                        release_options=_hook(release) if release else None)

@@ -60,9 +60,9 @@ from .attackers import (
     single_threaded,
     split_halves,
 )
-from .common import judge_name as _judge_name, resolve_judges, sample_rows
+from .common import face_similarity, judge_name as _judge_name, open_audited, resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, ssim, unrelated_partners
-from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
+from .report import attack_tables, markdown_section, num, table, timed_steps, with_interval, pyplot, save_figure
 
 # The paper's names for the variants (Table 1); "AIA\T" is AIA trained without the utility term.
 VARIANT_TITLES = {"original": "Original", "aia_no_utility": "AIA\\T", "aia": "AIA"}
@@ -304,14 +304,12 @@ def judge_leakage(judge, reconstructed: np.ndarray, test: FaceArrays, private: s
     return result
 
 
+@markdown_section("Released reconstructions, read by an off-the-shelf gender judge")
 def judge_leakage_markdown(s: dict) -> list[str]:
     """The ``judge_leakage`` section as markdown lines."""
-    lines = ["## Released reconstructions, read by an off-the-shelf gender judge", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
-    lines += [f"An attacker that needs no training data: {s['judge']}, on {s['n_known']} test faces with a known gender; "
-              f"balanced accuracy at p(female) > 0.5 (chance {num(s['chance_balanced_accuracy'])}; majority accuracy "
-              f"{num(s['majority_accuracy'])}) and AUC of p(female) (chance 0.5).", ""]
+    lines = [f"An attacker that needs no training data: {s['judge']}, on {s['n_known']} test faces with a known gender; "
+             f"balanced accuracy at p(female) > 0.5 (chance {num(s['chance_balanced_accuracy'])}; majority accuracy "
+             f"{num(s['majority_accuracy'])}) and AUC of p(female) (chance 0.5).", ""]
     rows = [[name, num(s[name]["balanced_accuracy"]), num(s[name]["auc"])]
             for name in (RELEASED_IMAGES_TITLE, "grayscale originals", ORIGINAL_IMAGES_TITLE)]
     return lines + table(["input", "balanced acc ↓", "AUC ↓"], rows) + [""]
@@ -417,19 +415,14 @@ def _reconstruction_fidelity(test: FaceArrays, reconstructed: np.ndarray, judge,
     else:
         originals, reconstructions = judge.embed(test.images[rows]), judge.embed(reconstructed[rows])
     partner, other = unrelated_partners(test.identity[rows], seed)  # context: a different person for each face
-
-    def similarity(a: np.ndarray, b: np.ndarray) -> dict:
-        distance = np.linalg.norm(a - b, axis=1)
-        return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < SAME_PERSON_DISTANCE, seed)}
-
     result["identity"] = {
         "judge": _judge_name(judge),
         "n_faces": len(rows),
         "same_person_distance": SAME_PERSON_DISTANCE,
-        "reconstruction": similarity(originals, reconstructions),
+        "reconstruction": face_similarity(judge, originals, reconstructions, seed),
         # Context: how much identity grayscale alone costs, and what unrelated people score.
-        "gray_original": similarity(originals, judge.embed(gray[rows])),
-        "different_person": similarity(originals[other], originals[partner][other]),
+        "gray_original": face_similarity(judge, originals, judge.embed(gray[rows]), seed),
+        "different_person": face_similarity(judge, originals[other], originals[partner][other], seed),
     }
     return result
 
@@ -552,11 +545,10 @@ def verification_markdown(s: dict) -> list[str]:
     return lines
 
 
+@markdown_section("Released reconstructions, attacked by a fresh CNN")
 def image_leakage_markdown(s: dict) -> list[str]:
     """The ``image_leakage`` section as markdown lines: the CNN on the released reconstructions and the originals."""
-    lines = ["## Released reconstructions, attacked by a fresh CNN", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
+    lines: list[str] = []
     first = next(iter(s["labels"].values()))["released"]
     halves = first.get("split", "?")
     if "n_train" in first:
@@ -755,14 +747,10 @@ def audit_anonymizer(
     ``cnn_min_steps`` updates, at least ``cnn_epochs`` epochs (the concealer audit's defaults).
     Runs on one thread (see ``single_threaded``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = Anonymizer.load(model_path) if model is None else model  # the audit context's, loaded once
+    model, out_dir = open_audited(Anonymizer, model_path, test, out_dir, model)  # model: the audit context's, loaded once
     variant = read_model_info(model_path)["model_config"].get("variant", "aia")
     private = model.method.cfg.private
     s = model.image_size
-    if test.images.shape[1:] != (s, s, 3):
-        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
     groups = test.identity if np.any(test.identity >= 0) else None
     seeds = tuple(seed + i for i in range(vector_seeds))
     sections: dict[str, Any] = {"timings": {}}

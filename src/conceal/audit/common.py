@@ -5,9 +5,12 @@ Sections of one method never import another method's sections; what they share l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .metrics import mean_interval
 
 JUDGE_NAMES = ("age_gender", "face_embedding")
 
@@ -48,3 +51,25 @@ def resolve_judges(judges: str | dict = "auto") -> tuple[dict[str, Any], dict[st
 
 def judge_name(judge) -> str:
     return f"{getattr(judge, 'name', type(judge).__name__)} {judge!r}"
+
+
+def face_similarity(judge, a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+    """How alike the face-embedding ``judge`` finds paired embeddings a, b (n, E): mean cosine, and the share
+    judged the same person (distance below ``judges.SAME_PERSON_DISTANCE``), each with its 95% interval."""
+    from .judges import SAME_PERSON_DISTANCE
+
+    distance = np.linalg.norm(a - b, axis=1)
+    return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < SAME_PERSON_DISTANCE, seed)}
+
+
+def open_audited(api_class, model_path, test, out_dir, model=None) -> tuple[Any, Path]:
+    """-> (the audited model through its API class, the figures' folder, made); ``model``: the model already
+    loaded (the audit context's), else it is loaded from ``model_path``. Refuses test images (``FaceArrays``)
+    that are not at the model's size."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = api_class.load(model_path) if model is None else model
+    s = model.image_size
+    if test.images.shape[1:] != (s, s, 3):
+        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
+    return model, out_dir

@@ -45,7 +45,7 @@ from .attackers import (
     pixel_baseline,
     single_threaded,
 )
-from .common import judge_name as _judge_name, resolve_judges, sample_rows
+from .common import face_similarity, judge_name as _judge_name, open_audited, resolve_judges, sample_rows
 from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim, unrelated_partners
 from .report import num, pyplot, save_figure, table, timed_steps
 
@@ -253,23 +253,17 @@ def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.n
     }
     if judge is None:
         return result
-    from . import judges as judge_module
+    from .judges import SAME_PERSON_DISTANCE
 
-    threshold = getattr(judge_module, "SAME_PERSON_DISTANCE", 0.6)
     originals = judge.embed(test.images[rows])  # (n, 128)
     partner, other = unrelated_partners(test.identity[rows], seed)  # context: an unrelated face
-
-    def similarity(a: np.ndarray, b: np.ndarray) -> dict:
-        distance = np.linalg.norm(a - b, axis=1)
-        return {"cosine": mean_interval(judge.cosine(a, b), seed), "same_person_rate": mean_interval(distance < threshold, seed)}
-
     result["identity"] = {
         "judge": _judge_name(judge),
         "n_faces": len(rows),
-        "same_person_distance": threshold,
-        "reconstruction": similarity(originals, judge.embed(reconstructed[rows])),
-        "released": similarity(originals, judge.embed(released[rows])),
-        "different_person": similarity(originals[other], originals[partner][other]),
+        "same_person_distance": SAME_PERSON_DISTANCE,
+        "reconstruction": face_similarity(judge, originals, judge.embed(reconstructed[rows]), seed),
+        "released": face_similarity(judge, originals, judge.embed(released[rows]), seed),
+        "different_person": face_similarity(judge, originals[other], originals[partner][other], seed),
     }
     return result
 
@@ -636,12 +630,8 @@ def audit_concealer(
 ) -> dict:
     """Run sections a-f on ``test`` (images at the model's size). Returns the sections dict for
     ``write_report``; figures are written into ``out_dir``. Runs on one thread (see ``single_threaded``)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = Concealer.load(model_path) if model is None else model  # the audit context's, loaded once
+    model, out_dir = open_audited(Concealer, model_path, test, out_dir, model)  # model: the audit context's, loaded once
     s = model.image_size
-    if test.images.shape[1:] != (s, s, 3):
-        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
     concealed = model.schema
     groups = test.identity if np.any(test.identity >= 0) else None
     seeds = tuple(seed + i for i in range(vector_seeds))

@@ -60,9 +60,9 @@ from .attackers import (
     audit_images,
     single_threaded,
 )
-from .common import judge_name as _judge_name, resolve_judges, sample_rows
+from .common import face_similarity, judge_name as _judge_name, open_audited, resolve_judges, sample_rows
 from .metrics import classification_metrics, mean_interval, unrelated_partners
-from .report import attack_tables, num, table, timed_steps, with_interval, pyplot, save_figure
+from .report import attack_tables, figure_lines, markdown_section, num, table, timed_steps, with_interval, pyplot, save_figure
 
 RELEASE_KEYS = ("original", "block_center", "blur_center", "pixelate", "masker")  # the paper's row order
 VARIANT_TITLES = {"adversarial": "Masker", "non_adversarial": "Masker (non-adv.)"}
@@ -268,11 +268,7 @@ def _identity(test: FaceArrays, releases: dict[str, np.ndarray], judge, rows: np
     for key, images in releases.items():
         start = time.perf_counter()
         embedded = originals if key == "original" else judge.embed(images[rows])
-        distance = np.linalg.norm(originals - embedded, axis=1)
-        scores = {
-            "cosine": mean_interval(judge.cosine(originals, embedded), seed),
-            "same_person_rate": mean_interval(distance < SAME_PERSON_DISTANCE, seed),
-        }
+        scores = face_similarity(judge, originals, embedded, seed)
         if reid:
             hits = rank1(embedded, test.identity[rows], gallery_embeddings, test.identity[gallery])
             scores["rank1"] = mean_interval(hits, seed)
@@ -438,22 +434,18 @@ def task_markdown(s: dict) -> list[str]:
     return lines + attack_tables({s["task"]: fresh}, [(key, s["titles"][key]) for key in fresh])
 
 
+@markdown_section("What else the releases show: fresh CNNs on the other labels")
 def leakage_markdown(s: dict) -> list[str]:
-    lines = ["## What else the releases show: fresh CNNs on the other labels", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
-    lines += [f"{s['note']}.", ""]
+    lines = [f"{s['note']}.", ""]
     return lines + attack_tables(s["labels"], [(key, s["titles"][key]) for key in s["titles"]])
 
 
+@markdown_section("Identity: face similarity and re-identification")
 def identity_markdown(s: dict) -> list[str]:
-    lines = ["## Identity: face similarity and re-identification", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
-    lines += [f"{s['n_faces']} test faces (a seeded sample{s.get('sample_note', '')}), embedded by {s['judge']}. Face similarity = cosine of the "
-              f"original's and the release's embeddings ({s['similarity_note']}; an unrelated pair here: "
-              f"{with_interval(s['different_person']['cosine'])}). Judged same person = embedding distance below "
-              f"{s['same_person_distance']}. Brackets: 95% bootstrap intervals.", ""]
+    lines = [f"{s['n_faces']} test faces (a seeded sample{s.get('sample_note', '')}), embedded by {s['judge']}. Face similarity = cosine of the "
+             f"original's and the release's embeddings ({s['similarity_note']}; an unrelated pair here: "
+             f"{with_interval(s['different_person']['cosine'])}). Judged same person = embedding distance below "
+             f"{s['same_person_distance']}. Brackets: 95% bootstrap intervals.", ""]
     reid = s["reid"]
     if "skipped" in reid:
         lines += [f"Re-identification: skipped ({reid['skipped']}).", ""]
@@ -479,22 +471,18 @@ FIGURE_CAPTIONS = {"grid": "test faces: original, soft mask, released mask, mask
                    "mean_mask": "mean released mask over the test faces", "table": "task accuracy and face similarity per release"}
 
 
+@markdown_section("Figures")
 def figures_markdown(s: dict) -> list[str]:
-    lines = ["## Figures", ""]
-    for name, path in s.items():
-        lines += [f"![{FIGURE_CAPTIONS.get(name, name.replace('_', ' '))}]({path})", ""]
-    return lines
+    return figure_lines(s, FIGURE_CAPTIONS)
 
 
 # For report.md: section key -> markdown lines, rendered in this order before the shared sections.
+@markdown_section("Gender judge: the release's reading against the original's")
 def gender_agreement_markdown(s: dict) -> list[str]:
-    lines = ["## Gender judge: the release's reading against the original's", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
-    lines += [f"{s['judge']} reads gender (p(female) > 0.5) from {s['n_faces']} test faces and from each release of them "
-              f"(it calls {num(s['original_female_rate'])} of the originals female). Agreement: the share of faces read the "
-              "same way; chance: what two independent readings with these rates agree; Cohen's kappa: 0 at chance, 1 always "
-              "the same. For data without gender labels (FER2013) this is how much of the judge's gender reading survives.", ""]
+    lines = [f"{s['judge']} reads gender (p(female) > 0.5) from {s['n_faces']} test faces and from each release of them "
+             f"(it calls {num(s['original_female_rate'])} of the originals female). Agreement: the share of faces read the "
+             "same way; chance: what two independent readings with these rates agree; Cohen's kappa: 0 at chance, 1 always "
+             "the same. For data without gender labels (FER2013) this is how much of the judge's gender reading survives.", ""]
     titles = s.get("titles", {})
     rows = [[titles.get(key, key), with_interval(r["agreement"]), num(r["chance_agreement"]), num(r["kappa"]), num(r["female_rate"])]
             for key, r in s["releases"].items()]
@@ -618,14 +606,10 @@ def audit_masker(
     many pixels as the masker releases), ``blur_sigma`` (default: 1/16 of the image side) and
     ``pixelate_cells``: the baselines. Runs on one thread (see ``single_threaded``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = Masker.load(model_path) if model is None else model  # the audit context's, loaded once
+    model, out_dir = open_audited(Masker, model_path, test, out_dir, model)  # model: the audit context's, loaded once
     cfg = model.method.cfg
     variant = read_model_info(model_path)["model_config"].get("variant", cfg.variant)
     s = model.image_size
-    if test.images.shape[1:] != (s, s, 3):
-        raise ValueError(f"test images are {test.images.shape[1:]}, the model needs ({s}, {s}, 3)")
     y = task_values(test, cfg.task)  # checks first that the test data has the task (one-line DataError)
     task_label = resolve_task(test.schema, cfg.task)
     fraction = cfg.keep if box_fraction is None else box_fraction

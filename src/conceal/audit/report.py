@@ -12,6 +12,7 @@ JSON are rounded to 4 decimals so the last bits of floating point do not show, a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -117,6 +118,26 @@ def with_interval(s: dict | None, digits: int = 3) -> str:
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def markdown_section(heading: str) -> Callable:
+    """Decorator of a report section's markdown function (section dict -> lines): the lines open with
+    ``## heading``; a skipped section (``{"skipped": why}``) is the heading and its reason alone."""
+
+    def decorate(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def markdown(s: dict, *args) -> list[str]:
+            lines = [f"## {heading}", ""]
+            return lines + ([f"Skipped: {s['skipped']}.", ""] if "skipped" in s else body(s, *args))
+
+        return markdown
+
+    return decorate
+
+
+def figure_lines(figures: dict, captions: dict) -> list[str]:
+    """A figures section (name -> image path) as markdown images, each with its caption (default: its name)."""
+    return [line for name, path in figures.items() for line in (f"![{captions.get(name, name.replace('_', ' '))}]({path})", "")]
 
 
 def _metric(result: dict, attacker: str, metric: str) -> dict | None:
@@ -244,13 +265,11 @@ def _image_leakage(s: dict) -> list[str]:
     return lines + attack_tables(s["labels"], [("released", "released images"), ("original", "original images")])
 
 
+@markdown_section("c. Does the release show what was asked for? (age/gender judge)")
 def _rendering(s: dict, calibration: dict | None) -> list[str]:
-    lines = ["## c. Does the release show what was asked for? (age/gender judge)", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
-    lines += [f"{s['n_faces']} test faces (a seeded sample), each decoded as female and male at every target age; "
-              f"{s['note']}. Judge: {s['judge']}. Agreement = the judge reads the requested gender (chance 0.5); "
-              "flips = requests for the gender opposite to the face's own. Brackets: 95% bootstrap intervals.", ""]
+    lines = [f"{s['n_faces']} test faces (a seeded sample), each decoded as female and male at every target age; "
+             f"{s['note']}. Judge: {s['judge']}. Agreement = the judge reads the requested gender (chance 0.5); "
+             "flips = requests for the gender opposite to the face's own. Brackets: 95% bootstrap intervals.", ""]
     ignored = s.get("flip_agreement_if_ignored")
     judge_acc = (calibration or {}).get("gender_accuracy")
     context = f"Judge's own accuracy on the original faces: {num(judge_acc)}."
@@ -294,27 +313,23 @@ def _reconstruction(s: dict) -> list[str]:
     return lines
 
 
+@markdown_section("e. Judge calibration on the raw test faces")
 def _calibration(s: dict) -> list[str]:
-    lines = ["## e. Judge calibration on the raw test faces", ""]
-    if "skipped" in s:
-        return lines + [f"Skipped: {s['skipped']}.", ""]
     rows = [["gender accuracy", num(s.get("gender_accuracy")), s.get("n_gender")],
             ["gender balanced accuracy", num(s.get("gender_balanced_accuracy")), s.get("n_gender")],
             ["gender accuracy, age ≥ 13", num(s.get("gender_accuracy_age13plus")), s.get("n_age13plus")],
             ["age MAE (years)", num(s.get("age_mae"), 2), s.get("n_age")],
             ["face found by detector", num(s.get("face_found_rate")), s.get("n")]]
-    lines += [f"Judge: {s.get('judge')}. The judged numbers of section c read against these.", ""]
+    lines = [f"Judge: {s.get('judge')}. The judged numbers of section c read against these.", ""]
     return lines + table(["metric", "value", "n"], rows) + [""]
 
 
 FIGURE_CAPTIONS = {"grid": "test faces: original, reconstruction, released", "leakage": "leakage per attribute"}
 
 
+@markdown_section("f. Figures")
 def _figures(s: dict) -> list[str]:
-    lines = ["## f. Figures", ""]
-    for name, path in s.items():
-        lines += [f"![{FIGURE_CAPTIONS.get(name, name.replace('_', ' '))}]({path})", ""]
-    return lines
+    return figure_lines(s, FIGURE_CAPTIONS)
 
 
 def _judges(status: dict) -> list[str]:

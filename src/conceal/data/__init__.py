@@ -11,9 +11,9 @@ imported when first asked for); another is added with ``register_dataset(MyDatas
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 
+from ..registry import Registry
 from .base import SPLITS, DataError, FaceArrays, FaceDataset, FaceRecord, assign_split
 from .schema import UTKFACE_SCHEMA, Label, LabelError, LabelSchema
 
@@ -30,33 +30,18 @@ DATASETS = tuple(BUILTIN)  # the built-in names, without importing a dataset mod
 # old key -> (the dataset it belonged to, its option now). Every old file carries them, whatever its dataset.
 LEGACY_KEYS = {"synthetic_n": ("synthetic", "n"), "synthetic_seed": ("synthetic", "seed"), "labels": ("fer2013", "labels")}
 
-_registered: dict = {}  # name -> FaceDataset class
-
-
-def register_dataset(cls):
-    """Register FaceDataset class ``cls`` under ``cls.name``; returns ``cls``."""
+def _check(cls) -> None:
     if not dataclasses.is_dataclass(cls.Options):
         raise TypeError(f"{cls.__name__}.Options must be a dataclass")
     unknown = set(cls.cli_options) - {f.name for f in dataclasses.fields(cls.Options)}
     if unknown:
         raise TypeError(f"{cls.__name__}.cli_options names no option: {', '.join(sorted(unknown))}")
-    _registered[cls.name] = cls
-    return cls
 
 
-def dataset_names() -> list[str]:
-    """Every dataset's name (the built-in ones first); imports no dataset module."""
-    return [*BUILTIN, *(name for name in _registered if name not in BUILTIN)]
-
-
-def dataset_class(name: str):
-    if name not in _registered and name in BUILTIN:
-        module, attribute = BUILTIN[name].split(":")
-        register_dataset(getattr(importlib.import_module(module), attribute))
-    try:
-        return _registered[name]
-    except (KeyError, TypeError):
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}") from None
+_REGISTRY = Registry("dataset", BUILTIN, _check, error=DataError)
+register_dataset = _REGISTRY.register  # FaceDataset class -> itself, registered under its name
+dataset_names = _REGISTRY.names  # every dataset's name, the built-in ones first; imports no dataset module
+dataset_class = _REGISTRY.get  # name -> FaceDataset class (DataError for an unknown name)
 
 
 def default_crop(name: str | None) -> float:

@@ -35,9 +35,10 @@ Choices the paper leaves open, made here:
 - The Siamese network pools after each conv (like the encoder); unpooled, its FC layer would hold
   8·64·64·500 = 16M weights at 64 px.
 
-Measured on synthetic faces (tests/test_anonymizer.py: 32 px, 100 pretraining + 200 fine-tuning steps,
-5 seeds, a fresh logistic regression on standardised codes of 600 unseen faces, identity-disjoint
-halves): the paper's objective fools its own adversary but does not hide gender from a fresh attacker.
+Measured on synthetic faces (32 px, 100 pretraining + 200 fine-tuning steps, 5 seeds, a fresh logistic
+regression on standardised codes of 600 unseen faces, identity-disjoint halves; on LFW:
+benchmarks/anonymizer_compare.md): the paper's objective fools its own adversary but does not hide gender
+from a fresh attacker.
 Original 0.76-0.80 balanced accuracy, AIA 0.79-0.87, AIA without utility 0.79-0.82; verification
 (Siamese embeddings, threshold fitted on other people) 0.79-0.81 for Original, 0.70-0.73 for AIA. In
 shorter exploratory runs, β of 0.1 or 1, five adversary updates per step, a Linear bottleneck (code_size
@@ -59,7 +60,7 @@ from torch import nn
 
 from ..config import setting
 from ..data.schema import LabelSchema
-from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
+from .base import Batch, Method, ModelAPI, ReleaseGraph
 from .blocks import AttributeHeads
 
 VARIANTS = ("aia", "original", "aia_no_utility")
@@ -384,17 +385,6 @@ class Anonymizer(ModelAPI):
 
     method_class = AnonymizerNet
     method: AnonymizerNet
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> g (N, d) float32; deterministic."""
-        return self.map_batches(images, lambda x: self.method.release_codes(x).float().cpu().numpy(), (self.method.code_dim,))
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> the decoder's reconstruction of g, gray replicated to (N, H, W, 3) uint8."""
-        if self.onnx is not None:
-            return self.apply_onnx(images)
-        s = self.image_size
-        return self.map_batches(images, lambda x: to_uint8_images(self.method(x)), (s, s, 3), np.uint8)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> Siamese embeddings (N, E) float32 of the reconstructions: the utility task's view."""

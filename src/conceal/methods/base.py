@@ -43,7 +43,9 @@ class Method(nn.Module):
     - ``shown_losses``: the ``training_step`` log keys the loop puts on the progress bar;
     - ``cli_options``: config field -> help, each a ``conceal train NAME --FIELD`` option;
     - ``audit``: "module:function" of its audit sections (imported only when audited), a function
-      (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections.
+      (model_path, test, out_dir, judges=, seed=, log=, **options) -> dict of sections;
+    - ``audit_release`` (optional): "module:function" giving the keyword options of ``apply`` for the release
+      the audit attacks (the concealer's one fixed target); None: the audit attacks ``apply(images)``.
     """
 
     name: ClassVar[str]
@@ -54,6 +56,7 @@ class Method(nn.Module):
     shown_losses: ClassVar[tuple[str, ...]]
     cli_options: ClassVar[dict[str, str]]
     audit: ClassVar[str]
+    audit_release: ClassVar[str | None] = None
     # The inference backend `conceal apply` runs the release on when it is installed ("torch" or "onnxruntime"):
     # whichever reached the higher share of the matmul peak in benchmarks/PROFILING.md's side-by-side runs.
     fastest_backend: ClassVar[str] = "torch"
@@ -221,10 +224,19 @@ class ModelAPI:
         return self.map_rows(self.check_images(images), lambda batch: fn(to_tensor_images(batch, device)), row_shape, dtype)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError(f"{self.method.name} releases no codes")
+        """(N, H, W, 3) uint8 -> the released codes (N, code_dim) float32 (after the eraser, when fitted); deterministic."""
+        if "codes" not in self.method.releases:
+            raise NotImplementedError(f"{self.method.name} releases no codes")
+        return self.map_batches(images, lambda x: self.method.release_codes(x).float().cpu().numpy(), (self.method.code_dim,))
 
     def apply(self, images: np.ndarray, **options) -> np.ndarray:
-        raise NotImplementedError
+        """(N, H, W, 3) uint8 -> the released images, (N, H, W, 3) uint8. By default the network's forward
+        is the release (the masker's m_topK ⊙ x, the anonymizer's reconstruction); on onnxruntime when
+        opened with that backend. A method whose release takes options (the concealer's ``as_``) overrides it."""
+        if self.onnx is not None:
+            return self.apply_onnx(images, **options)
+        s = self.image_size
+        return self.map_batches(images, lambda x: to_uint8_images(self.method(x, **options)), (s, s, 3), np.uint8)
 
     def apply_onnx(self, images: np.ndarray, **options) -> np.ndarray:
         """``apply`` on onnxruntime: the same graph, inputs and uint8 rounding as the torch path (within 1 level)."""

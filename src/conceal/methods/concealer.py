@@ -170,6 +170,7 @@ class ConcealerNet(Method):
     shown_losses = ("loss", "recon", "kl", "critic", "mmd", "cls_decoded", "disc", "confusion")
     cli_options = {"latent": "latent size (48 or 100 in the paper)"}
     audit = "conceal.audit.concealer:audit_concealer"
+    audit_release = "conceal.audit.concealer:release_options"  # every face rendered as one fixed target
 
     def __init__(self, cfg: ConcealerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
@@ -420,10 +421,6 @@ class Concealer(ModelAPI):
     def schema(self) -> LabelSchema:
         """The attributes this model renders (a subset of the training data's labels)."""
         return self.method.concealed
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> concealed codes μ (N, latent) float32; deterministic."""
-        return self.map_batches(images, lambda x: self.method.release_codes(x).float().cpu().numpy(), (self.method.cfg.latent,))
 
     def attribute_tensors(self, attributes: dict[str, Any], n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """User attributes -> label tensors + "unspecified" masks for n rows.

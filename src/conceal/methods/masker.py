@@ -57,7 +57,7 @@ from torch import nn
 from ..config import setting
 from ..data.images import check_images
 from ..data.schema import Label, LabelSchema
-from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
+from .base import Batch, Method, ModelAPI, ReleaseGraph
 from .blocks import AttributeHeads
 
 CLASSIFIER_BLOCKS = 4  # Φ halves the image 4 times: the image size must be a multiple of 16
@@ -328,13 +328,6 @@ class Masker(ModelAPI):
     method_class = MaskerNet
     method: MaskerNet
     extra_outputs = ("mask",)
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> the released images m_topK ⊙ x, (N, H, W, 3) uint8."""
-        if self.onnx is not None:
-            return self.apply_onnx(images)
-        s = self.image_size
-        return self.map_batches(images, lambda x: to_uint8_images(self.method(x)), (s, s, 3), np.uint8)
 
     def masks(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the released masks m_topK, (N, H, W) uint8 (255 = fully kept)."""

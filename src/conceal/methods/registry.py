@@ -13,10 +13,10 @@ Adding a built-in one is its own module plus its line here.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 from ..errors import CheckpointError
 from ..modelfile import load_method, read_model_info
+from ..registry import Registry
 
 BUILTIN = {
     "concealer": "conceal.methods.concealer:ConcealerNet",
@@ -27,15 +27,10 @@ BUILTIN = {
 # Class attributes every registered Method declares (checked by register_method; see base.Method).
 FACETS = ("name", "Config", "API", "releases", "Graph", "shown_losses", "cli_options", "audit")
 
-_registered: dict = {}  # name -> Method class
 
-
-def register_method(cls):
-    """Register Method class ``cls`` (its API class names it as ``method_class``); returns ``cls``.
-
-    Every facet is checked here, so a method missing one fails when registered, not halfway through an
-    export or an audit.
-    """
+def _check(cls) -> None:
+    """Every facet is checked here, so a method missing one fails when registered, not halfway through an
+    export or an audit."""
     missing = [f for f in FACETS if not hasattr(cls, f)]  # Method itself only annotates them
     if missing:
         raise TypeError(f"method class {cls.__name__} does not declare {', '.join(missing)}")
@@ -44,30 +39,17 @@ def register_method(cls):
     unknown = set(cls.cli_options) - {f.name for f in dataclasses.fields(cls.Config)}
     if unknown:
         raise TypeError(f"{cls.__name__}.cli_options names no config field: {', '.join(sorted(unknown))}")
-    if _registered.get(cls.name, cls) is not cls:
-        raise ValueError(f"a method named {cls.name!r} is registered already ({_registered[cls.name].__name__})")
-    _registered[cls.name] = cls
-    return cls
 
 
-def unregister_method(name: str) -> None:
-    """Forget a method registered with ``register_method`` (a built-in one comes back when next asked for)."""
-    _registered.pop(name, None)
+_REGISTRY = Registry("method", BUILTIN, _check)
+register_method = _REGISTRY.register  # Method class (its API class names it as ``method_class``) -> itself
+unregister_method = _REGISTRY.unregister  # forget a registered method (a built-in one comes back when next asked for)
+method_class = _REGISTRY.get  # name -> Method class (ValueError for an unknown name)
 
 
 def method_names() -> list[str]:
     """Every method's name, sorted; imports no method module."""
-    return sorted(set(BUILTIN) | set(_registered))
-
-
-def method_class(name: str):
-    if name not in _registered and name in BUILTIN:
-        module, attribute = BUILTIN[name].split(":")
-        register_method(getattr(importlib.import_module(module), attribute))
-    try:
-        return _registered[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(method_names())}") from None
+    return sorted(_REGISTRY.names())
 
 
 def methods() -> dict:
