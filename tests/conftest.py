@@ -89,12 +89,6 @@ def tiny_models(tmp_path_factory, synthetic_small) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_saved_models(tiny_models) -> dict[str, Path]:
-    """The old name of ``tiny_models``."""
-    return tiny_models
-
-
-@pytest.fixture(scope="session")
 def masker_run(tmp_path_factory) -> Path:
     """A tiny masker (task smile, K 0.25) trained for one short epoch on 600 synthetic faces (a run directory)."""
     return _train_with_cli(tmp_path_factory, "masker_run", [

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import tomllib
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from conceal.audit.attackers import split_halves
 from conceal.cli import main
@@ -177,13 +172,6 @@ def test_cli_train_encode_apply(tmp_path):
 PRETRAIN, FINETUNE, BATCH = 100, 200, 32
 
 
-def gender_leak(codes: np.ndarray, gender: np.ndarray, identity: np.ndarray) -> float:
-    """Balanced accuracy of a fresh logistic regression: fitted on one half of the people, scored on the other."""
-    fit_rows, score_rows = split_halves(len(codes), seed=0, groups=identity)
-    attacker = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(codes[fit_rows], gender[fit_rows])
-    return balanced_accuracy_score(gender[score_rows], attacker.predict(codes[score_rows]))
-
-
 def verification_accuracy(embeddings: np.ndarray, identity: np.ndarray) -> float:
     """Balanced accuracy of "same person iff L2 distance < t": t picked on pairs among one half of the people,
     scored on pairs among the other half."""
@@ -201,46 +189,23 @@ def verification_accuracy(embeddings: np.ndarray, identity: np.ndarray) -> float
 
 
 @pytest.fixture(scope="module")
-def privacy_and_utility():
-    """AIA and the Original variant from one shared pretraining (the paper's schedule), measured on new people."""
+def finetuned_verification():
+    """Verification accuracy on new people of AIA after the paper's schedule (pretraining, then fine-tuning
+    with α = β = 0.5). Whether AIA hides gender better than the Original variant is not asserted here: it does
+    not (measured over seeds, see conceal.methods.anonymizer's docstring; at LFW scale benchmarks/anonymizer_compare.md)."""
     train = SyntheticFaces(n=1000, seed=0, size=32).arrays()
     held_out = SyntheticFaces(n=600, seed=2, size=32).arrays()  # other people than in training
     cfg = AnonymizerConfig(decoder_widths=(16, 8), pretrain_steps=PRETRAIN)  # the paper's α = β = 0.5
     torch.manual_seed(0)
     method = AnonymizerNet(cfg, train.schema, 32)
     optimizers = method.configure_optimizers(1e-3)
-
-    def train_steps(method, optimizers, steps, seed):
-        rng = np.random.default_rng(seed)
-        for step in steps:
-            index = np.sort(rng.choice(len(train), BATCH, replace=False))
-            method.training_step(make_batch(train, index, torch.device("cpu")), optimizers, step)
-
-    train_steps(method, optimizers, range(PRETRAIN), seed=0)
-    results = {}
-    for variant in ("original", "aia"):
-        arm, arm_optimizers = copy.deepcopy((method, optimizers))
-        arm.cfg = dataclasses.replace(cfg, variant=variant)
-        train_steps(arm, arm_optimizers, range(PRETRAIN, PRETRAIN + FINETUNE), seed=1)  # the same batches for both arms
-        model = Anonymizer(arm)
-        results[variant] = {
-            "leak": gender_leak(model.encode(held_out.images), held_out.labels["gender"], held_out.identity),
-            "verify": verification_accuracy(model.embed(held_out.images), held_out.identity),
-        }
-    return results
+    rng = np.random.default_rng(0)
+    for step in range(PRETRAIN + FINETUNE):
+        index = np.sort(rng.choice(len(train), BATCH, replace=False))
+        method.training_step(make_batch(train, index, torch.device("cpu")), optimizers, step)
+    return verification_accuracy(Anonymizer(method).embed(held_out.images), held_out.identity)
 
 
 @pytest.mark.slow
-def test_finetuned_representation_still_verifies_faces(privacy_and_utility):
-    assert privacy_and_utility["aia"]["verify"] > 0.6, privacy_and_utility
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured over 5 seeds: a fresh attacker reads gender from AIA's codes (0.79-0.87 balanced accuracy) at "
-    "least as well as from the Original's (0.76-0.80); at this test's seed the two nearly tie (0.789 vs 0.797), so "
-    "it may XPASS. See the docstring of conceal.methods.anonymizer",
-)
-def test_finetuned_representation_leaks_less_gender_than_original(privacy_and_utility):
-    assert privacy_and_utility["aia"]["leak"] < privacy_and_utility["original"]["leak"], privacy_and_utility
+def test_finetuned_representation_still_verifies_faces(finetuned_verification):
+    assert finetuned_verification > 0.6, finetuned_verification

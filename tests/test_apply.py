@@ -39,9 +39,9 @@ def photo_dir(tmp_path_factory, composites):
     return folder
 
 
-def test_apply_finds_every_planted_face_and_touches_nothing_else(tiny_saved_models, photo_dir, composites, tmp_path, capsys):
+def test_apply_finds_every_planted_face_and_touches_nothing_else(tiny_models, photo_dir, composites, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["apply", str(tiny_saved_models["concealer"]), str(photo_dir), "-o", str(out), "--quiet"]) == 0
+    assert main(["apply", str(tiny_models["concealer"]), str(photo_dir), "-o", str(out), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("wrote 4 images to ")
     records = manifest(out)
     assert [list(r) for r in records] == [MANIFEST_KEYS] * 4
@@ -63,11 +63,11 @@ def test_apply_finds_every_planted_face_and_touches_nothing_else(tiny_saved_mode
         assert np.array_equal(result[untouched], photo[untouched])  # bit-identical outside the planted heads
 
 
-def test_conceal_images_is_the_same_alone_or_batched(tiny_saved_models, composites):
+def test_conceal_images_is_the_same_alone_or_batched(tiny_models, composites):
     """Ray Data's map_batches can call conceal_images on any grouping and write the CLI's bytes."""
     from conceal.methods import load_api
 
-    model = load_api(tiny_saved_models["concealer"], fold_batch_norm=True)
+    model = load_api(tiny_models["concealer"], fold_batch_norm=True)
     options = ApplyOptions(as_={"gender": "female"})
     photos = [photo for photo, _ in composites[:3]]
     together = conceal_images(model, photos, options)
@@ -76,14 +76,14 @@ def test_conceal_images_is_the_same_alone_or_batched(tiny_saved_models, composit
         assert encode_png(a.images["image"]) == encode_png(b.images["image"]) and a.faces == b.faces
 
 
-def test_no_face_photos_are_copied_or_skipped_and_listed(tiny_saved_models, tmp_path, capsys):
+def test_no_face_photos_are_copied_or_skipped_and_listed(tiny_models, tmp_path, capsys):
     from photo_fixtures import background
 
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(background(0, 320, 240)).save(folder / "coffee.png")
     Image.fromarray(composite(1, seed=7, width=320, height=240, sides=(60, 80))[0]).save(folder / "person.png")
-    model = str(tiny_saved_models["masker"])
+    model = str(tiny_models["masker"])
     assert main(["apply", model, str(folder), "-o", str(tmp_path / "copy"), "--quiet"]) == 0
     summary = capsys.readouterr().out
     assert "wrote 2 images" in summary and "1 photo with no face found, copied unchanged" in summary and "coffee.png" in summary
@@ -99,7 +99,7 @@ def test_no_face_photos_are_copied_or_skipped_and_listed(tiny_saved_models, tmp_
                                               "reason": "no face found", "faces": []}
 
 
-def test_exif_rotated_photo_comes_out_upright_and_metadata_free(tiny_saved_models, tmp_path):
+def test_exif_rotated_photo_comes_out_upright_and_metadata_free(tiny_models, tmp_path):
     photo, planted = composite(1, seed=3, width=400, height=300, sides=(80, 100), tilts=(0, 0))
     sideways = Image.fromarray(photo).transpose(Image.Transpose.ROTATE_90)  # stored 300 x 400, shown upright by EXIF
     exif = Image.Exif()
@@ -108,7 +108,7 @@ def test_exif_rotated_photo_comes_out_upright_and_metadata_free(tiny_saved_model
     (tmp_path / "in").mkdir()
     sideways.save(tmp_path / "in" / "phone.jpg", exif=exif.tobytes(), quality=95)
     out = tmp_path / "out"
-    assert main(["apply", str(tiny_saved_models["concealer"]), str(tmp_path / "in"), "-o", str(out), "--quiet"]) == 0
+    assert main(["apply", str(tiny_models["concealer"]), str(tmp_path / "in"), "-o", str(out), "--quiet"]) == 0
     with Image.open(out / "phone.png") as img:
         assert img.size == (400, 300)  # the upright orientation
         assert not img.getexif() and "exif" not in img.info
@@ -134,8 +134,8 @@ def test_outputs_mirror_the_input_tree_and_never_collide(tmp_path):
     assert sorted(n["image"] for n in index.values()) == [f"{i:06d}.png" for i in range(1, 6)]
 
 
-def test_apply_refuses_to_overwrite_and_resumes(tiny_saved_models, photo_dir, tmp_path, capsys):
-    model, out = str(tiny_saved_models["masker"]), tmp_path / "out"
+def test_apply_refuses_to_overwrite_and_resumes(tiny_models, photo_dir, tmp_path, capsys):
+    model, out = str(tiny_models["masker"]), tmp_path / "out"
     one = photo_dir / "group1.png"
     assert main(["apply", model, str(one), "-o", str(out), "--quiet"]) == 0
     capsys.readouterr()
@@ -162,17 +162,17 @@ def test_apply_refuses_to_overwrite_and_resumes(tiny_saved_models, photo_dir, tm
 
 @pytest.mark.parametrize("out, message", [("result.png", "looks like a file name"), ("photos/sub", "inside the input folder"),
                                           ("photos", "inside the input folder")])
-def test_apply_refuses_bad_output_folders(tiny_saved_models, tmp_path, capsys, out, message, monkeypatch):
+def test_apply_refuses_bad_output_folders(tiny_models, tmp_path, capsys, out, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (64, 64)).save(tmp_path / "photos" / "x.png")
-    assert main(["apply", str(tiny_saved_models["masker"]), "photos", "-o", out]) == 2
+    assert main(["apply", str(tiny_models["masker"]), "photos", "-o", out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "result.png").exists() and not (tmp_path / "photos" / "sub").exists()
 
 
-def test_bad_inputs_through_the_photo_path_are_counted(tiny_saved_models, tmp_path, capsys):
+def test_bad_inputs_through_the_photo_path_are_counted(tiny_models, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "empty.jpg").write_bytes(b"")
@@ -180,7 +180,7 @@ def test_bad_inputs_through_the_photo_path_are_counted(tiny_saved_models, tmp_pa
     (folder / "notes.txt").write_text("not an image")
     Image.new("RGB", (1, 1)).save(folder / "dot.png")  # too small to hold a face
     out = tmp_path / "out"
-    assert main(["apply", str(tiny_saved_models["concealer"]), str(folder), "-o", str(out), "--quiet"]) == 0
+    assert main(["apply", str(tiny_models["concealer"]), str(folder), "-o", str(out), "--quiet"]) == 0
     summary = capsys.readouterr().out
     assert "3 skipped" in summary and "zero-byte file" in summary and "1 photo with no face found" in summary
     records = {r["input"].rsplit("/", 1)[-1]: r for r in manifest(out)}
@@ -189,11 +189,11 @@ def test_bad_inputs_through_the_photo_path_are_counted(tiny_saved_models, tmp_pa
     assert records["empty.jpg"]["reason"] == "zero-byte file"
 
 
-def test_names_index_hides_label_like_names(tiny_saved_models, photo_dir, tmp_path, capsys):
+def test_names_index_hides_label_like_names(tiny_models, photo_dir, tmp_path, capsys):
     folder = tmp_path / "utk"
     folder.mkdir()
     (folder / "25_1_0_20170116.jpg.chip.jpg").write_bytes((photo_dir / "group1.png").read_bytes())
-    model = str(tiny_saved_models["masker"])
+    model = str(tiny_models["masker"])
     assert main(["apply", model, str(folder), "-o", str(tmp_path / "kept"), "--quiet"]) == 0
     assert "like labels" in capsys.readouterr().err
     assert main(["apply", model, str(folder), "-o", str(tmp_path / "idx"), "--names", "index", "--quiet"]) == 0
@@ -203,7 +203,7 @@ def test_names_index_hides_label_like_names(tiny_saved_models, photo_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_huge_photo_in_bounded_memory(tiny_saved_models, tmp_path):
+def test_huge_photo_in_bounded_memory(tiny_models, tmp_path):
     """An 8000 x 6000 photo: detected on a 2048-px copy, faces pasted back at full size, in bounded memory."""
     import subprocess
     import sys
@@ -214,7 +214,7 @@ def test_huge_photo_in_bounded_memory(tiny_saved_models, tmp_path):
     del photo
     script = ("import resource, sys; from conceal.cli import main; rc = main(sys.argv[1:]); "
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", script, "apply", str(tiny_saved_models["concealer"]), str(tmp_path / "in"),
+    done = subprocess.run([sys.executable, "-c", script, "apply", str(tiny_models["concealer"]), str(tmp_path / "in"),
                            "-o", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     peak_mib = int(done.stdout.strip().splitlines()[-1])
@@ -225,7 +225,7 @@ def test_huge_photo_in_bounded_memory(tiny_saved_models, tmp_path):
         assert img.size == (8000, 6000)
 
 
-def test_malformed_corpus_through_the_photo_path(tiny_saved_models, tmp_path, capsys):
+def test_malformed_corpus_through_the_photo_path(tiny_models, tmp_path, capsys):
     """test_malformed's corpus, detecting: each bad file skipped with its reason, odd but valid ones copied."""
     from test_malformed import BAD, odd_but_valid
 
@@ -237,7 +237,7 @@ def test_malformed_corpus_through_the_photo_path(tiny_saved_models, tmp_path, ca
     (folder / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     valid = odd_but_valid(folder)
     out = tmp_path / "out"
-    assert main(["apply", str(tiny_saved_models["concealer"]), str(folder), "-o", str(out), "--quiet"]) == 0
+    assert main(["apply", str(tiny_models["concealer"]), str(folder), "-o", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and f"{len(BAD) - 1} skipped" in captured.out  # all but folder.jpg (not made here)
     records = {Path(r["input"]).name: r for r in manifest(out)}
@@ -248,9 +248,9 @@ def test_malformed_corpus_through_the_photo_path(tiny_saved_models, tmp_path, ca
 # --- share-then-reveal: encode photos, decode codes -------------------------------------------------------
 
 
-def test_encode_photos_then_decode_into_them(tiny_saved_models, photo_dir, composites, tmp_path, capsys, monkeypatch):
+def test_encode_photos_then_decode_into_them(tiny_models, photo_dir, composites, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(photo_dir.parent)
-    model = str(tiny_saved_models["concealer"])
+    model = str(tiny_models["concealer"])
     codes = tmp_path / "codes.npz"
     assert main(["encode", model, photo_dir.name, "-o", str(codes)]) == 0
     printed = capsys.readouterr().out
@@ -285,18 +285,18 @@ def test_encode_photos_then_decode_into_them(tiny_saved_models, photo_dir, compo
 
 
 @pytest.mark.parametrize("content, message", [(b"not a zip", "not a codes file"), (None, "codes of size")])
-def test_decode_refuses_bad_codes_in_one_line(tiny_saved_models, tmp_path, capsys, content, message):
+def test_decode_refuses_bad_codes_in_one_line(tiny_models, tmp_path, capsys, content, message):
     codes = tmp_path / "codes.npz"
     if content is None:
         np.savez(codes, codes=np.zeros((2, 999), np.float32), paths=np.array(["a.jpg", "b.jpg"]))
     else:
         codes.write_bytes(content)
-    assert main(["decode", str(tiny_saved_models["concealer"]), str(codes), "-o", str(tmp_path / "o")]) == 2
+    assert main(["decode", str(tiny_models["concealer"]), str(codes), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
 
 
-def test_decode_needs_a_model_that_renders_codes(tiny_saved_models, tmp_path, capsys):
+def test_decode_needs_a_model_that_renders_codes(tiny_models, tmp_path, capsys):
     np.savez(tmp_path / "c.npz", codes=np.zeros((1, 4), np.float32), paths=np.array(["a.jpg"]))
-    assert main(["decode", str(tiny_saved_models["masker"]), str(tmp_path / "c.npz"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["decode", str(tiny_models["masker"]), str(tmp_path / "c.npz"), "-o", str(tmp_path / "o")]) == 2
     assert "does not render codes" in capsys.readouterr().err

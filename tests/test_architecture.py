@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import conceal
-from conceal.data import DATASETS
+from conceal.data import BUILTIN as DATASET_BUILTIN, DATASETS
 from conceal.methods import METHODS, ModelAPI, ReleaseGraph
 from conceal.methods.registry import BUILTIN, FACETS
 
@@ -48,6 +48,7 @@ def import_graph() -> dict[str, set[str]]:
         graph[name] = edges
     # The registry imports the built-in methods by name (BUILTIN's "module:Class"): edges too.
     graph["conceal.methods.registry"] |= {target.split(":")[0] for target in BUILTIN.values()}
+    graph["conceal.data"] |= {target.split(":")[0] for target in DATASET_BUILTIN.values()}  # the datasets' alike
     return graph
 
 
@@ -115,6 +116,7 @@ def test_every_registered_method_declares_each_facet(name):
     assert set(cls.cli_options) <= fields
     module, _, function = cls.audit.partition(":")
     assert module.startswith("conceal.audit.") and function
+    assert cls.audit_release is None or cls.audit_release.startswith("conceal.audit.")
 
 
 def test_registering_a_method_without_a_facet_fails():

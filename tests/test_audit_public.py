@@ -72,38 +72,16 @@ def test_lfw_splits_never_put_a_person_on_two_sides():
     assert {s for splits in people.values() for s in splits} == {"train", "val", "test"}
 
 
-@pytest.fixture(scope="module")
-def registered_models(tmp_path_factory, tiny_method):
-    """method name -> an untrained tiny model of every registered method, saved as trained on 600 synthetic faces."""
-    from conceal.config import RunConfig
-    from conceal.data.synthetic import SyntheticFaces, SyntheticOptions
-    from conceal.methods import METHODS
-    from conceal.train.checkpoint import write_model_files
-
-    schema = SyntheticFaces(n=10, seed=1, size=32).arrays().schema
-    root = tmp_path_factory.mktemp("registered")
-    out = {}
-    for name in METHODS:
-        torch.manual_seed(0)
-        method = tiny_method(name, schema).eval()
-        cfg = RunConfig(method=name, model=method.cfg)
-        cfg.data.size, cfg.data.options = 32, SyntheticOptions(n=600, seed=1)
-        (root / name).mkdir()
-        write_model_files(root / name, method, cfg)
-        out[name] = root / name
-    return out
-
-
 FAST = {"cnn_epochs": 1, "cnn_min_steps": 10, "learning_curve": False, "embed_train": 40, "embed_val": 20, "embed_test": 20}
 
 
 @pytest.mark.parametrize("name", ["concealer", "masker", "anonymizer"])
-def test_every_registered_method_gets_a_headline(name, registered_models, tmp_path):
+def test_every_registered_method_gets_a_headline(name, tiny_models, tmp_path):
     from conceal.audit import run_audit
     from conceal.methods import METHODS
 
     assert set(METHODS) == {"concealer", "masker", "anonymizer"}  # a new method must join the parametrization
-    run_audit(registered_models[name], dataset="synthetic", out=tmp_path, judges="off", threat_model="public-model",
+    run_audit(tiny_models[name], dataset="synthetic", out=tmp_path, judges="off", threat_model="public-model",
               command="test", log=lambda _: None, public_options=FAST)
     report = json.loads((tmp_path / "report.json").read_text())
     kinds = set(METHODS[name].releases)

@@ -87,7 +87,7 @@ def test_each_bad_image_alone_is_one_line(tiny_model_dir, corpus, tmp_path, caps
     assert not (tmp_path / "c.npz").exists()
 
 
-def test_every_exported_graph_takes_an_empty_batch(tiny_saved_models, tmp_path):
+def test_every_exported_graph_takes_an_empty_batch(tiny_models, tmp_path):
     """In a subprocess: the masker's graph used to die with SIGFPE (flatten divided by the batch size)."""
     import subprocess
     import sys
@@ -103,7 +103,7 @@ inputs = {n: v[:0].numpy() for n, v in example_inputs(method, 2).items() if n in
 outputs = session.run(None, inputs)
 assert all(o.shape[0] == 0 for o in outputs), [o.shape for o in outputs]
 """
-    for name, model in tiny_saved_models.items():
+    for name, model in tiny_models.items():
         done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / f"{name}.onnx")], capture_output=True, text=True)
         assert done.returncode == 0, (name, done.returncode, done.stderr[-1500:])
 
@@ -214,18 +214,18 @@ def test_the_corpus_has_the_issue_s_37_kinds():
 
 
 @pytest.mark.parametrize("method", ["concealer", "masker", "anonymizer"])
-def test_an_untampered_model_exports(tiny_saved_models, tmp_path, method):
+def test_an_untampered_model_exports(tiny_models, tmp_path, method):
     pytest.importorskip("onnx")
-    assert main(["export", str(tiny_saved_models[method]), "-o", str(tmp_path / "m.onnx"), "--no-check"]) == 0
+    assert main(["export", str(tiny_models[method]), "-o", str(tmp_path / "m.onnx"), "--no-check"]) == 0
 
 
 @pytest.mark.parametrize("kind", TAMPERINGS)
 @pytest.mark.parametrize("method", ["concealer", "masker"])
-def test_a_tampered_model_folder_is_one_line(tiny_saved_models, tmp_path, capsys, method, kind):
+def test_a_tampered_model_folder_is_one_line(tiny_models, tmp_path, capsys, method, kind):
     import shutil
 
     folder = tmp_path / "model"
-    shutil.copytree(tiny_saved_models[method], folder)
+    shutil.copytree(tiny_models[method], folder)
     TAMPERINGS[kind](folder)
     rc = main(["export", str(folder), "-o", str(tmp_path / "m.onnx"), "--no-check"])
     err = capsys.readouterr().err.strip()

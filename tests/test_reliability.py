@@ -387,7 +387,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tiny_run, tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_export_leaves_no_temp_file(tiny_saved_models, tmp_path, monkeypatch, capsys):
+def test_a_failed_export_leaves_no_temp_file(tiny_models, tmp_path, monkeypatch, capsys):
     onnx = pytest.importorskip("onnx")
 
     def full(proto, path, *args, **kwargs):
@@ -395,6 +395,6 @@ def test_a_failed_export_leaves_no_temp_file(tiny_saved_models, tmp_path, monkey
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(onnx, "save", full)
-    rc = main(["export", str(tiny_saved_models["masker"]), "-o", str(tmp_path / "m.onnx"), "--no-check"])
+    rc = main(["export", str(tiny_models["masker"]), "-o", str(tmp_path / "m.onnx"), "--no-check"])
     assert "no space left on device" in one_line_error(capsys, rc)
     assert list(tmp_path.iterdir()) == []
