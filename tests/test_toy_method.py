@@ -4,6 +4,7 @@ with no change to shared code. If this test needs an edit elsewhere, a name tabl
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from conceal.audit import run_audit
 from conceal.cli import main
 from conceal.data.images import write_image
 from conceal.methods import Method, ModelAPI, ReleaseGraph, load_api, method_names, register_method, unregister_method
-from conceal.methods.base import to_uint8_images
 
 
 @dataclass
@@ -69,13 +70,9 @@ class ToyDimmer(Method):
         return {"loss": self._loss(batch).item()}
 
 
-class Toy(ModelAPI):
+class Toy(ModelAPI):  # apply is ModelAPI's: the network's forward is the release
     method_class = ToyDimmer  # which makes ToyDimmer.API this class
     method: ToyDimmer
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        s = self.image_size
-        return self.map_batches(images, lambda x: to_uint8_images(self.method(x)), (s, s, 3), np.uint8)
 
 
 def audit_toy(model_path, test, out_dir, judges=None, seed=0, log=print, **options) -> dict:
@@ -119,6 +116,12 @@ def test_a_toy_method_goes_through_every_command(toy, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "input images" in printed and float(printed.rsplit("max |difference|", 1)[1]) < 1e-4
 
-    assert main(["audit", str(run), "--dataset", "synthetic", "--max-images", "80", "-o", str(tmp_path / "report")]) == 0
+    # The method's own sections through the CLI; the public-model attack of its releases (CNNs, embeddings:
+    # minutes at their defaults) at test_audit_public's small settings.
+    assert main(["audit", str(run), "--dataset", "synthetic", "--max-images", "80", "--threat-model", "test-halves",
+                 "-o", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "toy_leakage" in report and '"method": "toy"' in (tmp_path / "report" / "report.json").read_text()
+    run_audit(run, dataset="synthetic", out=tmp_path / "public", judges="off", threat_model="public-model", log=lambda _: None,
+              public_options={"cnn_epochs": 1, "cnn_min_steps": 10, "learning_curve": False, "embed_train": 40, "embed_val": 20, "embed_test": 20})
+    assert set(json.loads((tmp_path / "public" / "report.json").read_text())["headline"]) == {"images"}
