@@ -110,11 +110,11 @@ def test_independence_penalty_sees_label_dependence():
 
 def attack(x: np.ndarray, gender: np.ndarray, fit: slice, score: slice, attacker: str) -> float:
     """Balanced accuracy of one of the audit's fresh vector attackers ("linear", "mlp") on gender."""
-    from conceal.audit.attackers import attack_vectors
+    from conceal.audit.attackers import score_estimator, vector_attackers
     from conceal.data.schema import GENDER
 
-    result = attack_vectors(x[fit], gender[fit], x[score], gender[score], GENDER, seeds=(0,))
-    return result["attackers"][attacker]["balanced_accuracy"]["mean"]
+    estimator = vector_attackers(GENDER, seed=0)[attacker]
+    return score_estimator(estimator, x[fit], gender[fit], x[score], gender[score], GENDER)["balanced_accuracy"]
 
 
 def test_leace_removes_planted_linear_signal():

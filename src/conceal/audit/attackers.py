@@ -188,8 +188,8 @@ def _attack_halves(n: int, labels: dict, schema: LabelSchema, seeds, groups, pre
 # --------------------------------------------------------------------------------------------------
 
 
-def _vector_attackers(label: Label, seed: int) -> dict:
-    """Fresh, unfitted scikit-learn estimators for one run.
+def vector_attackers(label: Label, seed: int) -> dict:
+    """The audit's fresh, unfitted scikit-learn estimators for one run: name (baseline, "linear", "mlp") -> estimator.
 
     The MLPs train to convergence (max 300 epochs, L2 alpha 0.01) rather than with early stopping: on
     attacker halves of a few hundred rows, early stopping's 10% validation slice stopped them while still
@@ -229,7 +229,7 @@ def _vector_run(X_train, y_train, X_test, y_test, label: Label, seed: int) -> di
         return None
     scores = {
         name: score_estimator(estimator, X_train, y_train, X_test, y_test, label)
-        for name, estimator in _vector_attackers(label, seed).items()
+        for name, estimator in vector_attackers(label, seed).items()
     }
     return {"scores": scores, "n_train": len(y_train), "n_test": len(y_test)}
 
