@@ -88,6 +88,16 @@ def test_age_gender_on_a_real_face(age_gender, face, faces64):
 
 
 @needs_age_gender
+def test_age_gender_without_the_detector_reads_the_same(age_gender, faces64):
+    """The full-box readings do not depend on the detector, which then only reports face_found: skipping it
+    (the public-model audit) gives the same numbers and no face_found to misread."""
+    with_detector, without = age_gender.predict(faces64), age_gender.predict(faces64, find_faces=False)
+    assert "face_found" not in without
+    np.testing.assert_array_equal(with_detector["p_female"], without["p_female"])
+    np.testing.assert_array_equal(with_detector["age"], without["age"])
+
+
+@needs_age_gender
 def test_age_gender_edge_inputs(age_gender, faces64):
     empty = age_gender.predict(np.zeros((0, 64, 64, 3), np.uint8))
     assert all(v.shape == (0,) for v in empty.values())
