@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/independent_attacker.py MODEL_DIR REPORT_JSON [--root DATASET_ROOT] [-o benchmarks/independent_attacker]
 
-Same threat model as the audit's headline (``conceal audit --threat-model public-model``): the same train /
+Same threat model as the audit's headline (`conceal audit --threat-model public-model`): the same train /
 val / test splits (LFW by person), the model's released codes of the whole train split with their labels,
 settings chosen on the validation split only, scored once on the test split. The attackers are ones the
 audit's suite does not contain: extremely randomised trees, and two torch MLPs whose widths, depth, dropout,
