@@ -1,4 +1,4 @@
-"""Anonymizer (AIA): shapes, phases, pairs, the Random baseline, the API, resume, and privacy/utility on synthetic faces."""
+"""Anonymizer (AIA): shapes, phases, pairs, the Random baseline, the API, resume, and verification after fine-tuning on synthetic faces."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def test_cli_train_encode_apply(tmp_path):
     assert main(["apply", str(run), str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "--as", "gender=female"]) == 2
 
 
-# --- privacy and utility on synthetic faces --------------------------------------------------------
+# --- utility after fine-tuning, on synthetic faces ----------------------------------------------------
 
 PRETRAIN, FINETUNE, BATCH = 100, 200, 32
 
