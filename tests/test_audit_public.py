@@ -95,3 +95,50 @@ def test_every_registered_method_gets_a_headline(name, tiny_models, tmp_path):
             assert lo <= h["score"] <= hi
     assert (tmp_path / "report.md").read_text().startswith("# conceal audit\n\n## Headline")
     assert "test_halves" not in report and "code_leakage" not in report
+
+
+class _CountingJudges:
+    """Stand-ins for the two judges that count the images they are asked to read."""
+
+    class Embedder:
+        def __init__(self):
+            self.read = 0
+
+        def embed(self, images):
+            self.read += len(images)
+            return np.asarray(images, np.float32).reshape(len(images), -1)[:, :4]
+
+        def cosine(self, a, b):  # like FaceEmbeddingJudge: goes through embed
+            a, b = self.embed(a), self.embed(b)
+            return (a * b).sum(1)
+
+    class Reader:
+        def __init__(self):
+            self.read = 0
+
+        def predict(self, images, find_faces=True):
+            self.read += len(images)
+            mean = np.asarray(images, np.float32).mean(axis=(1, 2, 3))
+            return {"p_female": mean / 255, "age": mean, **({"face_found": mean > 0} if find_faces else {})}
+
+
+def test_judges_read_each_distinct_image_once_per_audit():
+    """The audit context's judges memoise per image: a section asking again for the same original or release
+    (the public-model protocol and the test-halves sections overlap a lot) costs nothing, and answers the same."""
+    import inspect
+
+    from conceal.audit.common import cache_judge_calls
+
+    embedder, reader = _CountingJudges.Embedder(), _CountingJudges.Reader()
+    cache_judge_calls({"face_embedding": embedder, "age_gender": reader})
+    images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+    first = embedder.embed(images[:4])
+    again = embedder.embed(images[[3, 1, 4, 5]])
+    np.testing.assert_array_equal(again[:2], first[[3, 1]])
+    assert embedder.read == 6  # 4, then only the two new ones
+    embedder.cosine(images[:2], images[4:])
+    assert embedder.read == 6
+    a, b = reader.predict(images[:3], find_faces=False), reader.predict(images[:3], find_faces=False)
+    assert reader.read == 3 and "face_found" not in a and np.array_equal(a["age"], b["age"])
+    assert "face_found" in reader.predict(images[:3]) and reader.read == 6  # another option is another reading
+    assert "find_faces" in inspect.signature(reader.predict).parameters

@@ -170,7 +170,9 @@ def run_audit(
     if threat_model in ("test-halves", "all") and reuse_test_halves is not None:
         sections.update(_reused_test_halves(Path(reuse_test_halves), method, len(test), seed))
     elif threat_model in ("test-halves", "all"):
-        objects = ctx.judges()[0] if ctx._judges is not None and all(v is not None for v in ctx._judges[0].values()) else judges
+        # The context's judges (their per-image readings cached, shared with the public-model sections) when
+        # all are there; otherwise the sections resolve the spec themselves, to report why one is missing.
+        objects = ctx.judges()[0] if judges != "off" and all(v is not None for v in ctx.judges()[0].values()) else judges
         import inspect
 
         if "model" in inspect.signature(audit_sections).parameters:  # the context's model: loaded once per audit

@@ -114,9 +114,10 @@ class AuditContext:
     def judges(self) -> tuple[dict, dict]:
         """(judge objects or None, reason each is missing), resolved once."""
         if self._judges is None:
-            from .common import resolve_judges
+            from .common import cache_judge_calls, resolve_judges
 
-            self._judges = resolve_judges(self.judges_spec)
+            objects, status = resolve_judges(self.judges_spec)
+            self._judges = cache_judge_calls(objects), status
         return self._judges
 
     def embed(self, split: str, source: str, rows: np.ndarray) -> np.ndarray | None:
