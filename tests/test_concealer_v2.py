@@ -204,3 +204,17 @@ def test_the_shipped_64_px_model_behaves_as_before_v2():
         assert set(got) == set(want)
         for k in want:
             assert got[k] == pytest.approx(want[k], rel=1e-4), (step, k)
+
+
+def test_audit_sharpness_and_face_detector_measures():
+    from conceal.audit.metrics import faces_found, sharpness, sharpness_ratio
+    from conceal.faces.detect import DetectorUnavailable
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    flat = np.full_like(images, 128)
+    assert sharpness(images).shape == (3,) and sharpness_ratio(images, flat) == 0 and sharpness_ratio(images, images) == pytest.approx(1)
+    try:
+        found = faces_found(flat)
+    except DetectorUnavailable as error:
+        pytest.skip(str(error))
+    assert found.dtype == bool and found.shape == (3,) and not found.any()  # grey squares hold no face

@@ -46,7 +46,7 @@ from .attackers import (
     single_threaded,
 )
 from .common import face_similarity, judge_name as _judge_name, open_audited, resolve_judges, sample_rows
-from .metrics import mean_interval, psnr, quartiles, regression_metrics, ssim, unrelated_partners
+from .metrics import faces_found, mean_interval, psnr, quartiles, regression_metrics, sharpness_ratio, ssim, unrelated_partners
 from .report import num, pyplot, save_figure, table, timed_steps
 
 TARGET_AGES = (1, 20, 40, 60, 80)
@@ -245,11 +245,16 @@ def _calibration(test: FaceArrays, rows: np.ndarray, judge, female_index: int) -
     return calibrate_age_gender(test.images[rows], test.labels["age"][rows], female_is_one, judge=judge)
 
 
-def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.ndarray, seed: int) -> dict:
+def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.ndarray, seed: int, detect: bool = True) -> dict:
     result = {
         "n": len(test),
         "psnr": mean_interval(psnr(test.images, reconstructed), seed),
         "ssim": mean_interval(ssim(test.images, reconstructed), seed),
+        # variance of the Laplacian, renders over inputs (issue 14's target: >= 0.5 at 128 px)
+        "sharpness_ratio": {"reconstruction": sharpness_ratio(test.images, reconstructed),
+                            "released": sharpness_ratio(test.images, released)},
+        "faces_found": (_faces_found(test.images[rows], reconstructed[rows], released[rows], seed) if detect
+                        else {"skipped": "judges off"}),
     }
     if judge is None:
         return result
@@ -266,6 +271,20 @@ def _reconstruction(test: FaceArrays, reconstructed, released, judge, rows: np.n
         "different_person": face_similarity(judge, originals[other], originals[partner][other], seed),
     }
     return result
+
+
+def _faces_found(originals: np.ndarray, reconstructed: np.ndarray, released: np.ndarray, seed: int) -> dict:
+    """Share of faces the independent detector (CenterFace) finds in the inputs (its own rate: the context),
+    the reconstructions and the fixed-target releases."""
+    from ..faces.detect import DetectorUnavailable, FaceDetector
+
+    try:
+        detector = FaceDetector(threads=1)
+        return {"detector": FaceDetector.name, "n_faces": len(originals),
+                **{key: mean_interval(faces_found(images, detector), seed)
+                   for key, images in (("inputs", originals), ("reconstruction", reconstructed), ("released", released))}}
+    except DetectorUnavailable as error:
+        return {"skipped": str(error)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -670,7 +689,7 @@ def audit_concealer(
     embedding = judge_objects["face_embedding"]
     identity_rows = sample_rows(len(test), identity_faces, seed, purpose=2)
     with step("reconstruction", "d. reconstruction" + (f" and identity on {len(identity_rows)} faces" if embedding else "")):
-        sections["reconstruction"] = _reconstruction(test, reconstructed, released, embedding, identity_rows, seed)
+        sections["reconstruction"] = _reconstruction(test, reconstructed, released, embedding, identity_rows, seed, detect=judges != "off")
         if embedding is None:
             sections["reconstruction"]["identity"] = {"skipped": f"face embedding judge unavailable: {judge_status['face_embedding']}"}
 

@@ -104,6 +104,33 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
     return np.array([structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(reference, test)])
 
 
+def sharpness(images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Per-image variance of the Laplacian of the luma of uint8 images (N, H, W, 3) -> (N,) (the focus measure
+    the concealer's training logs too: ``methods.blocks.laplacian_variance``, here on 0..1 pixel values)."""
+    import torch
+
+    from ..methods.blocks import laplacian_variance, to_tensor_images
+
+    with torch.no_grad():
+        parts = [laplacian_variance(to_tensor_images(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def sharpness_ratio(reference: np.ndarray, test: np.ndarray) -> float:
+    """Mean sharpness of ``test`` over that of ``reference`` (1 = as sharp as the inputs; blur gives far less)."""
+    return float(sharpness(test).mean() / max(sharpness(reference).mean(), 1e-12))
+
+
+def faces_found(images: np.ndarray, detector=None, min_face: float = 24) -> np.ndarray:
+    """(N, H, W, 3) uint8 face crops -> (N,) bool: does the independent face detector (CenterFace,
+    ``conceal.faces``; not trained by us, nor on these faces) find a face of at least ``min_face`` px in each?
+    Raises ``faces.DetectorUnavailable`` (one line) where its package is missing."""
+    from ..faces.detect import default_detector
+
+    detector = detector or default_detector()
+    return np.array([bool(detector(image, min_face=min_face, max_faces=1)) for image in images], dtype=bool)
+
+
 def spread(values) -> dict[str, float]:
     """Mean, standard deviation, min and max of repeated measurements (e.g. over attacker seeds)."""
     v = np.asarray(values, dtype=np.float64)

@@ -299,6 +299,17 @@ def _rendering(s: dict, calibration: dict | None) -> list[str]:
 def _reconstruction(s: dict) -> list[str]:
     lines = ["## d. Reconstruction with the true labels", "",
              f"PSNR {with_interval(s['psnr'], 2)} dB, SSIM {with_interval(s['ssim'])} (mean over {s['n']} faces).", ""]
+    if "sharpness_ratio" in s:  # reports before concealer v2 have neither
+        sharp = s["sharpness_ratio"]
+        lines += [f"Sharpness (variance of the Laplacian, renders over inputs; 1 = as sharp): reconstruction "
+                  f"{num(sharp['reconstruction'])}, fixed-target release {num(sharp['released'])}.", ""]
+    found = s.get("faces_found", {})
+    if "skipped" in found:
+        lines += [f"Face detector: skipped ({found['skipped']}).", ""]
+    elif found:
+        lines += [f"The independent face detector ({found['detector']}) finds a face in {with_interval(found['reconstruction'])} "
+                  f"of reconstructions and {with_interval(found['released'])} of fixed-target releases "
+                  f"({found['n_faces']} faces; in the inputs themselves: {with_interval(found['inputs'])}).", ""]
     identity = s.get("identity", {})
     if "skipped" in identity:
         return lines + [f"Identity: skipped ({identity['skipped']}).", ""]
