@@ -218,3 +218,23 @@ def test_audit_sharpness_and_face_detector_measures():
     except DetectorUnavailable as error:
         pytest.skip(str(error))
     assert found.dtype == bool and found.shape == (3,) and not found.any()  # grey squares hold no face
+
+
+def test_frontier_plan_and_baselines(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("concealer_frontier", REPO / "benchmarks" / "concealer_frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    commands = frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60)
+    assert len(commands) == 10 and commands[0][:3] == ["conceal", "train", "concealer"] and "model.critics_weight=0" in commands[0]
+    assert commands[1][:2] == ["conceal", "audit"] and "public-model" in commands[1]
+    (tmp_path / "out" / "critics_weight-1" / "checkpoint").mkdir(parents=True)
+    assert "--resume" in frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60)[2]
+    with pytest.raises(SystemExit, match="at least 5"):
+        frontier.plan(tmp_path, "critics_weight", [0, 1], 2, tmp_path, 60)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)  # the finest pixelation: 2-px cells
+    for kind, strengths in frontier.BASELINES.items():
+        released = [frontier.baseline_release(kind, s, images) for s in strengths]
+        assert all(r.shape == images.shape and r.dtype == np.uint8 for r in released)
+        assert not np.array_equal(released[-1], images)
