@@ -209,3 +209,54 @@ def finetuned_verification():
 @pytest.mark.slow
 def test_finetuned_representation_still_verifies_faces(finetuned_verification):
     assert finetuned_verification > 0.6, finetuned_verification
+
+
+LEVERS = dict(critics=2, critics_weight=1.0, critics_restart_every=3, image_critics=2, image_critics_weight=1.0,
+              image_critic_widths=(4, 4), hsic_weight=1.0)
+
+
+def test_critic_steps_never_update_the_autoencoder_and_the_autoencoder_step_never_updates_critics(synthetic_small):
+    """Issue 20: the code and image critics learn from detached releases with their own optimizers; the
+    autoencoder's loss reaches the encoder through them but never moves their weights."""
+    method = small_aia(synthetic_small.schema, pretrain_steps=0, **LEVERS)
+    opts = method.configure_optimizers(1e-2)
+    batch = make_batch(synthetic_small, np.arange(16), torch.device("cpu"))
+
+    def snapshot(parts):
+        return {n: p.clone() for n, p in method.named_parameters() if n.split(".")[0] in parts}
+
+    critic_parts = ("code_critics", "image_critics")
+    autoencoder = {n: p.clone() for n, p in method.named_parameters() if n.split(".")[0] not in method.OWN_OPTIMIZER}
+    critics = snapshot(critic_parts)
+    out = method._losses(batch, detach_utility=False)
+    logs: dict = {}
+    terms = method._independence_losses(out, batch, opts, 1, logs)  # each ensemble takes its step here
+    now = dict(method.named_parameters())
+    assert all(torch.equal(now[n], p) for n, p in autoencoder.items()), "a critic step moved the autoencoder"
+    for part in critic_parts:
+        assert any(not torch.equal(now[n], p) for n, p in critics.items() if n.startswith(part)), f"{part} did not learn"
+    assert {"critics", "confusion", "image_critics", "image_confusion", "hsic"} <= set(logs) and torch.isfinite(terms)
+
+    critics_after = snapshot(critic_parts)
+    opts["autoencoder"].zero_grad(set_to_none=True)
+    (out["recon"] + terms).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in now.items() if n.startswith("encoder"))
+    opts["autoencoder"].step()
+    assert all(torch.equal(now[n], p) for n, p in critics_after.items()), "the autoencoder step moved a critic"
+    assert any(not torch.equal(now[n], p) for n, p in autoencoder.items() if n.startswith("encoder"))
+
+
+def test_levers_are_off_by_default_and_leave_the_paper_s_step_unchanged(synthetic_small):
+    batch = make_batch(synthetic_small, np.arange(16), torch.device("cpu"))
+    plain, zero = small_aia(synthetic_small.schema, pretrain_steps=0), small_aia(synthetic_small.schema, pretrain_steps=0)
+    assert plain.code_critics is None and plain.image_critics is None
+    assert plain.training_step(batch, plain.configure_optimizers(1e-2), 0) == zero.training_step(batch, zero.configure_optimizers(1e-2), 0)
+
+
+def test_image_critics_restart_their_convolutions(synthetic_small):
+    method = small_aia(synthetic_small.schema, **LEVERS)
+    ensemble, opt = method.image_critics, method.configure_optimizers(1e-2)["image_critics"]
+    before = [p.clone() for p in ensemble.critics[1].parameters()]
+    assert ensemble.restart_due(3 - 3 // 2, opt) == 1  # critic 1 of 2 restarts half a period early (staggered)
+    conv = [m for m in ensemble.critics[1].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert conv and not torch.equal(conv[0].weight, before[0])

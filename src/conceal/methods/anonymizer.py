@@ -45,6 +45,14 @@ shorter exploratory runs, β of 0.1 or 1, five adversary updates per step, a Lin
 64), a maximum-entropy ("confusion") objective or a standardised adversary input did not change that
 reliably either: the encoder keeps gender and moves it where the online adversary is not looking.
 
+Levers against a data-rich attacker (issue 20; the blocks of ``independence.py``, shared with the concealer),
+each off at weight 0 and active from fine-tuning on, in every variant:
+- ``critics``: an ensemble of code critics on g with staggered restarts (Wu et al., ECCV 2018); the encoder
+  confuses the strongest (``critics_weight``); they read the private label;
+- ``image_critics``: the same ensemble of small CNNs on the reconstruction, which is released too
+  (``image_critics_weight``); they learn only from detached reconstructions, so they never move the autoencoder;
+- ``hsic_weight``: the normalised HSIC between g and the private label, non-adversarial.
+
 Baselines: ``variant = "original"`` (plain autoencoder, α = β = 0), ``"aia_no_utility"`` (α = 0), and the
 paper's Random baseline, ``random_baseline(codes, seed)``, applied to released codes after the fact.
 """
@@ -61,7 +69,8 @@ from torch import nn
 from ..config import setting
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, ReleaseGraph
-from .blocks import AttributeHeads
+from .blocks import AttributeHeads, conv_pool_stack
+from .independence import CriticEnsemble, hsic, image_critic
 
 VARIANTS = ("aia", "original", "aia_no_utility")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: RGB -> gray
@@ -84,27 +93,26 @@ class AnonymizerConfig:
     beta: float = setting(0.5, at_least=0)  # weight of −L_Adv in fine-tuning (forced to 0 by variant original)
     pretrain_steps: int = setting(500, at_least=0)  # steps in which every component learns on its own; then fine-tuning
     eraser_rank: int = setting(0, at_least=0)  # rank of the post-hoc code eraser fitted by `conceal erase`; 0 = none
+    critics: int = setting(0, at_least=0)  # code critics on g (an ensemble with restarts); 0 = none
+    critics_weight: float = setting(0.0, at_least=0)  # weight of the strongest code critic's confusion on the encoder
+    critics_restart_every: int = setting(0, at_least=0)  # steps between restarts of one critic (staggered, code and image); 0 = never
+    image_critics: int = setting(0, at_least=0)  # CNN critics on the released reconstruction; 0 = none
+    image_critics_weight: float = setting(0.0, at_least=0)  # weight of the strongest image critic's confusion on the autoencoder
+    image_critic_widths: tuple[int, ...] = setting((16, 32, 64), at_least=1)  # conv -> LeakyReLU -> avg-pool blocks of each image critic
+    hsic_weight: float = setting(0.0, at_least=0)  # weight of the normalised HSIC between g and the private label
 
     @classmethod
     def tiny(cls) -> "AnonymizerConfig":
         # pretrain_steps=0: step 0 already fine-tunes, so the adversarial and Siamese terms reach the encoder.
         return cls(encoder_widths=(4, 6), decoder_widths=(8, 4), code_size=16, adversary_hidden=8, siamese_hidden=16,
-                   embedding=8, pretrain_steps=0)
+                   embedding=8, pretrain_steps=0, critics=2, critics_weight=1.0, critics_restart_every=2, image_critics=2,
+                   image_critics_weight=1.0, image_critic_widths=(4, 4), hsic_weight=1.0)
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) luminance in [0, 1]."""
     weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
     return (images * weights).sum(1, keepdim=True)
-
-
-def conv_pool_stack(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
-    """(B, C, H, W) -> (B, widths[-1], H / 2**n, W / 2**n): 3x3 conv -> LeakyReLU -> 2x2 average pooling, per width."""
-    layers: list[nn.Module] = []
-    for width in widths:
-        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2, True), nn.AvgPool2d(2)]
-        in_channels = width
-    return nn.Sequential(*layers)
 
 
 def conv_upsample_stack(in_channels: int, widths: tuple[int, ...], out_channels: int) -> nn.Sequential:
@@ -225,7 +233,7 @@ class AnonymizerNet(Method):
             raise ValueError(
                 f"anonymizer needs one decoder block per encoder block ({len(cfg.encoder_widths)}), not {len(cfg.decoder_widths)}"
             )
-        for widths in (cfg.encoder_widths, cfg.siamese_widths):
+        for widths in (cfg.encoder_widths, cfg.siamese_widths) + ((cfg.image_critic_widths,) if cfg.image_critics else ()):
             if image_size % 2 ** len(widths):
                 raise ValueError(f"anonymizer image size must be a multiple of {2 ** len(widths)}, not {image_size}")
         self.concealed = schema.subset([cfg.private])  # KeyError names the dataset's labels
@@ -246,6 +254,15 @@ class AnonymizerNet(Method):
             nn.Linear(self.code_dim, cfg.adversary_hidden), nn.Tanh(), AttributeHeads(cfg.adversary_hidden, self.concealed)
         )
         self.siamese = SiameseNet(image_size, cfg.siamese_widths, cfg.siamese_hidden, cfg.embedding)
+        self.code_critics = (
+            CriticEnsemble(self.code_dim, self.concealed, cfg.critics, restart_every=cfg.critics_restart_every)
+            if cfg.critics else None
+        )
+        self.image_critics = (
+            CriticEnsemble(0, self.concealed, cfg.image_critics, restart_every=cfg.critics_restart_every,
+                           make_critic=lambda: image_critic(1, image_size, self.concealed, cfg.image_critic_widths))
+            if cfg.image_critics else None
+        )
         self.init_eraser()
 
     # --- the model -----------------------------------------------------------------------------
@@ -281,13 +298,20 @@ class AnonymizerNet(Method):
 
     # --- training ------------------------------------------------------------------------------
 
+    # Parts with an optimizer of their own: the autoencoder's never updates them, and theirs never update it.
+    OWN_OPTIMIZER = ("adversary", "code_critics", "image_critics")
+
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         # The Siamese network shares the autoencoder's optimizer: both minimise L_Siamese, never against each other.
-        rest = [p for n, p in self.named_parameters() if not n.startswith("adversary.")]
-        return {
+        rest = [p for n, p in self.named_parameters() if n.split(".")[0] not in self.OWN_OPTIMIZER]
+        opts = {
             "autoencoder": torch.optim.Adam(rest, lr=lr),
             "adversary": torch.optim.Adam(self.adversary.parameters(), lr=lr),
         }
+        for part in ("code_critics", "image_critics"):
+            if getattr(self, part) is not None:
+                opts[part] = torch.optim.Adam(getattr(self, part).parameters(), lr=lr)
+        return opts
 
     def _adversary_loss(self, codes: torch.Tensor, batch: Batch) -> torch.Tensor:
         """BCE (CE) of the adversary reading the private label from codes (B, d); unknown labels are skipped."""
@@ -337,6 +361,9 @@ class AnonymizerNet(Method):
             fooled = self._adversary_loss(out["codes"], batch)
             self.adversary.requires_grad_(True)
             loss = loss - beta * fooled
+        logs: dict[str, float] = {}
+        if finetune:
+            loss = loss + self._independence_losses(out, batch, optimizers, step, logs)
         optimizers["autoencoder"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["autoencoder"].step()
@@ -346,7 +373,26 @@ class AnonymizerNet(Method):
             "siamese": out["siamese"].item(),
             "adversary": out["adversary"].item(),
             "finetune": float(finetune),
+            **logs,
         }
+
+    def _independence_losses(self, out: dict, batch: Batch, optimizers: dict, step: int, logs: dict) -> torch.Tensor:
+        """The issue-20 levers' terms for the autoencoder's loss (each critic ensemble takes its own step first)."""
+        private = {self.cfg.private: batch["labels"][self.cfg.private]}
+        total = out["recon"].new_zeros(())
+        if self.code_critics is not None:  # codes g (B, d)
+            confusion, critic_logs = self.code_critics.update(out["codes"], private, step, optimizers["code_critics"])
+            total = total + self.cfg.critics_weight * confusion
+            logs.update(critic_logs)
+        if self.image_critics is not None:  # reconstructions (B, 1, S, S): released too
+            confusion, critic_logs = self.image_critics.update(out["recon_x"], private, step, optimizers["image_critics"])
+            total = total + self.cfg.image_critics_weight * confusion
+            logs.update({f"image_{k}": v for k, v in critic_logs.items()})
+        if self.cfg.hsic_weight > 0:
+            dependence = hsic(out["codes"], private, self.concealed)
+            total = total + self.cfg.hsic_weight * dependence
+            logs["hsic"] = dependence.item()
+        return total
 
     @torch.no_grad()
     def validation_step(self, batch: Batch) -> dict[str, float]:

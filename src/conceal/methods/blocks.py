@@ -327,3 +327,12 @@ def to_tensor_images(images: np.ndarray, device: torch.device | str = "cpu") -> 
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
     return images.detach().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def conv_pool_stack(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """(B, C, H, W) -> (B, widths[-1], H / 2**n, W / 2**n): 3x3 conv -> LeakyReLU -> 2x2 average pooling, per width."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2, True), nn.AvgPool2d(2)]
+        in_channels = width
+    return nn.Sequential(*layers)

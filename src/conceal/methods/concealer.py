@@ -296,14 +296,9 @@ class ConcealerNet(Method):
 
         if self.critic_ensemble is not None and not frozen:
             # The critics learn from detached codes with their own optimizer; the encoder confuses the strongest.
-            self.critic_ensemble.restart_due(step, optimizers["critics"])
-            critics_loss = self.critic_ensemble.critic_loss(mu.detach(), y)
-            optimizers["critics"].zero_grad(set_to_none=True)
-            critics_loss.backward()
-            optimizers["critics"].step()
-            confusion = self.critic_ensemble.encoder_loss(mu, y)
+            confusion, critic_logs = self.critic_ensemble.update(mu, y, step, optimizers["critics"])
             loss = loss + self.cfg.critics_weight * confusion
-            logs.update(critics=critics_loss.item() / len(self.critic_ensemble.critics), confusion=confusion.item())
+            logs.update(critic_logs)
 
         if self.critic is not None and not frozen:
             # The critic minimises its loss; the reversed gradient makes the encoder maximise it, times λ.

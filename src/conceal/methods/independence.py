@@ -18,7 +18,8 @@ Privacy-Preserving Visual Recognition via Adversarial Training" (ECCV 2018), fig
 codes (RBF kernel) and labels (linear kernel on their encoding); 0 iff independent (for a
 characteristic kernel), so, like MMD, it has no adversary to fool.
 
-Method-agnostic (codes + a label schema), for any method that releases codes.
+Method-agnostic (codes + a label schema), for any method that releases codes; ``image_critic`` builds
+the same ensemble over released images (e.g. the anonymizer's reconstructions, which are released too).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.schema import LabelSchema
-from .blocks import CONTINUOUS_SCALE, AttributeHeads
+from .blocks import CONTINUOUS_SCALE, AttributeHeads, conv_pool_stack
 
 
 def code_critic(code_dim: int, schema: LabelSchema, hidden: int = 256) -> nn.Sequential:
@@ -39,6 +40,13 @@ def code_critic(code_dim: int, schema: LabelSchema, hidden: int = 256) -> nn.Seq
         nn.Linear(code_dim, hidden), nn.LeakyReLU(0.2, True), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, True),
         AttributeHeads(hidden, schema),
     )
+
+
+def image_critic(channels: int, image_size: int, schema: LabelSchema, widths: tuple[int, ...] = (16, 32, 64)) -> nn.Sequential:
+    """(B, channels, S, S) images in [0, 1] -> {label: outputs}: conv -> LeakyReLU -> avg-pool per width, then the
+    heads on the flattened map (the shape of the audit's CNN attacker on released images, smaller)."""
+    side = image_size // 2 ** len(widths)
+    return nn.Sequential(conv_pool_stack(channels, widths), nn.Flatten(), AttributeHeads(widths[-1] * side**2, schema))
 
 
 def confusion_losses(heads: AttributeHeads, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,15 +79,32 @@ def confusion_losses(heads: AttributeHeads, outputs: dict[str, torch.Tensor], la
 
 
 class CriticEnsemble(nn.Module):
-    """K code critics with staggered restarts (Wu et al. 2018). Train them with ``critic_loss`` on detached
-    codes (their own optimizer); push the encoder with ``encoder_loss``; call ``restart_due(step, optimizer)``
-    once per step."""
+    """K critics with staggered restarts (Wu et al. 2018): code critics of ``code_dim`` inputs, or any critic
+    ``make_critic()`` builds (an ``nn.Sequential`` ending in ``AttributeHeads``, e.g. ``image_critic``).
 
-    def __init__(self, code_dim: int, schema: LabelSchema, n_critics: int = 4, hidden: int = 256, restart_every: int = 0):
+    ``update(released, labels, step, optimizer)`` once per step does it all: the due restart, one step of the
+    critics on the detached release (their own optimizer), and the encoder's loss against the strongest one.
+    """
+
+    def __init__(self, code_dim: int, schema: LabelSchema, n_critics: int = 4, hidden: int = 256, restart_every: int = 0,
+                 make_critic=None):
         super().__init__()
         self.schema = schema
         self.restart_every = restart_every
-        self.critics = nn.ModuleList([code_critic(code_dim, schema, hidden) for _ in range(n_critics)])
+        make_critic = make_critic or (lambda: code_critic(code_dim, schema, hidden))
+        self.critics = nn.ModuleList([make_critic() for _ in range(n_critics)])
+
+    def update(self, released: torch.Tensor, labels: dict[str, torch.Tensor], step: int,
+               optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, dict[str, float]]:
+        """-> (the encoder's confusion loss on ``released``, logs). The critics learn only from
+        ``released.detach()``; the returned loss reaches the encoder only (the critics' parameters get none)."""
+        self.restart_due(step, optimizer)
+        critics_loss = self.critic_loss(released.detach(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        critics_loss.backward()
+        optimizer.step()
+        confusion = self.encoder_loss(released, labels)
+        return confusion, {"critics": critics_loss.item() / len(self.critics), "confusion": confusion.item()}
 
     def critic_loss(self, codes: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum over critics of their label losses on ``codes`` (B, code_dim), which the caller detaches."""
@@ -104,7 +129,7 @@ class CriticEnsemble(nn.Module):
         for k, critic in enumerate(self.critics):
             if (step + k * self.restart_every // k_count) % self.restart_every == 0:
                 for module in critic.modules():
-                    if isinstance(module, nn.Linear):
+                    if isinstance(module, (nn.Linear, nn.Conv2d)):
                         module.reset_parameters()
                 if optimizer is not None:
                     for p in critic.parameters():
