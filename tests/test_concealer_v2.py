@@ -188,6 +188,7 @@ def test_the_shipped_64_px_model_behaves_as_before_v2():
     """Outputs and training losses recorded with the code before the v2 levers (tests/data/concealer_v1_reference.json)."""
     model = Concealer.load(REPO / "models" / "concealer-utkface-64")
     assert model.method.discriminator is None and model.method.critic_ensemble is None
+    assert model.method.cfg.decoder_upsampling == "transpose"
     images = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(model.encode(images), REFERENCE["codes"], atol=1e-4)
     released = model.apply(images, as_={"gender": "female", "age": 40})
@@ -238,3 +239,46 @@ def test_frontier_plan_and_baselines(tmp_path):
         released = [frontier.baseline_release(kind, s, images) for s in strengths]
         assert all(r.shape == images.shape and r.dtype == np.uint8 for r in released)
         assert not np.array_equal(released[-1], images)
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "nearest"])
+def test_decoder_upsampling_shapes_save_load_and_folding(faces, tmp_path, upsampling):
+    from conceal.methods.blocks import fold_for_inference
+
+    vae = tiny(faces, decoder_upsampling=upsampling)
+    kinds = {type(m).__name__ for m in vae.decoder}
+    assert ("ConvTranspose2d" in kinds) == (upsampling == "transpose") and ("Upsample" in kinds) == (upsampling == "nearest")
+    mu, _ = vae.encode(torch.rand(3, 3, 32, 32))
+    assert vae.decode(mu, labels(3)).shape == (3, 3, 32, 32)
+    cfg = RunConfig(method="concealer", train=TrainConfig(epochs=1, batch_size=16, progress=False, threads=1))
+    cfg.data.size, cfg.model = 32, dataclasses.replace(ConcealerConfig.tiny(), decoder_upsampling=upsampling)
+    fit(vae, faces.subset("train"), faces.subset("val"), cfg, tmp_path / "run", stop_after_steps=2, log=lambda *_: None)
+    images = faces.images[:4]
+    saved, fresh = Concealer.load(tmp_path / "run"), Concealer(vae)
+    assert saved.method.cfg.decoder_upsampling == upsampling
+    assert np.array_equal(saved.apply(images, as_={"gender": "male", "age": 30}), fresh.apply(images, as_={"gender": "male", "age": 30}))
+    # the inference rewrites (batch norm folded; nearest + a 4-channel 3x3 conv as one low-res conv + pixel shuffle)
+    net = saved.method.eval()
+    z, y = torch.randn(4, net.cfg.latent), labels(4)
+    with torch.no_grad():
+        want = net.decode(z, y)
+        assert fold_for_inference(net.decoder) >= 1
+        torch.testing.assert_close(net.decode(z, y), want, atol=1e-5, rtol=0)
+
+
+def test_unknown_decoder_upsampling_is_one_line_error():
+    from conceal.config import ConfigError, from_dict
+
+    assert from_dict(ConcealerConfig, {}).decoder_upsampling == "transpose"  # a config without it: the 64-px models' decoder
+    with pytest.raises(ConfigError, match="decoder_upsampling must be one of transpose, nearest"):
+        from_dict(ConcealerConfig, {"decoder_upsampling": "bilinear"}, "model")
+
+
+def test_pooled_sharpness_is_not_fooled_by_a_checkerboard():
+    from conceal.audit.metrics import sharpness_ratio
+
+    smooth = np.repeat(np.linspace(60, 200, 32)[None, :, None], 32, 0).repeat(3, 2)[None]  # (1, 32, 32, 3) ramp
+    checker = (np.indices((32, 32)).sum(0) % 2 * 24 - 12)[None, :, :, None]  # period-2 pattern, ±12 levels
+    inputs = np.clip(smooth + np.random.default_rng(0).normal(0, 20, (1, 32, 32, 3)), 0, 255).astype(np.uint8)
+    render = np.clip(smooth + checker, 0, 255).astype(np.uint8)  # no detail, only the checkerboard
+    assert sharpness_ratio(inputs, render) > 0.5 and sharpness_ratio(inputs, render, pool=2) < 0.05

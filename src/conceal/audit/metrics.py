@@ -104,21 +104,23 @@ def ssim(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
     return np.array([structural_similarity(a, b, data_range=255, channel_axis=-1) for a, b in zip(reference, test)])
 
 
-def sharpness(images: np.ndarray, batch: int = 256) -> np.ndarray:
+def sharpness(images: np.ndarray, batch: int = 256, pool: int = 1) -> np.ndarray:
     """Per-image variance of the Laplacian of the luma of uint8 images (N, H, W, 3) -> (N,) (the focus measure
-    the concealer's training logs too: ``methods.blocks.laplacian_variance``, here on 0..1 pixel values)."""
+    the concealer's training logs too: ``methods.blocks.laplacian_variance``, here on 0..1 pixel values).
+    ``pool=2``: after a 2x2 average pool, so a period-2 checkerboard does not count as sharpness."""
     import torch
 
     from ..methods.blocks import laplacian_variance, to_tensor_images
 
     with torch.no_grad():
-        parts = [laplacian_variance(to_tensor_images(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
+        parts = [laplacian_variance(to_tensor_images(images[i : i + batch]), pool).numpy() for i in range(0, len(images), batch)]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
-def sharpness_ratio(reference: np.ndarray, test: np.ndarray) -> float:
-    """Mean sharpness of ``test`` over that of ``reference`` (1 = as sharp as the inputs; blur gives far less)."""
-    return float(sharpness(test).mean() / max(sharpness(reference).mean(), 1e-12))
+def sharpness_ratio(reference: np.ndarray, test: np.ndarray, pool: int = 1) -> float:
+    """Mean sharpness of ``test`` over that of ``reference`` (1 = as sharp as the inputs; blur gives far less).
+    ``pool=2``: both after a 2x2 average pool (``sharpness``), the ratio a checkerboard cannot inflate."""
+    return float(sharpness(test, pool=pool).mean() / max(sharpness(reference, pool=pool).mean(), 1e-12))
 
 
 def faces_found(images: np.ndarray, detector=None, min_face: float = 24) -> np.ndarray:

@@ -27,14 +27,31 @@ def conv_encoder(in_channels: int, width: int, n_down: int, max_channels: int = 
     return nn.Sequential(*layers)
 
 
-def conv_decoder(out_channels: int, width: int, n_up: int, max_channels: int = 512) -> nn.Sequential:
-    """Mirror of ``conv_encoder``: (B, width * 2**(n_up-1), h, w) -> (B, out_channels, h * 2**n_up, w * 2**n_up), in [0, 1]."""
+UPSAMPLING = ("transpose", "nearest")  # conv_decoder's 2x stages
+
+
+def upsample_stage(in_channels: int, out_channels: int, upsampling: str = "transpose") -> list[nn.Module]:
+    """One 2x stage of ``conv_decoder``, then BN + ReLU. ``transpose``: a 4x4 stride-2 transposed conv (its uneven
+    kernel overlap paints a checkerboard, Odena et al. 2016); ``nearest``: nearest 2x upsampling then a 3x3 conv
+    (resize-conv: every output pixel sees the same number of taps, so no checkerboard; ~2.25x the multiply-adds)."""
+    if upsampling == "transpose":
+        conv: list[nn.Module] = [nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False)]
+    elif upsampling == "nearest":
+        conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
+    else:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING)}, not {upsampling!r}")
+    return conv + [nn.BatchNorm2d(out_channels), nn.ReLU(True)]
+
+
+def conv_decoder(out_channels: int, width: int, n_up: int, max_channels: int = 512, upsampling: str = "transpose") -> nn.Sequential:
+    """Mirror of ``conv_encoder``: (B, width * 2**(n_up-1), h, w) -> (B, out_channels, h * 2**n_up, w * 2**n_up), in [0, 1].
+    ``upsampling``: see ``upsample_stage`` (the default keeps the layout, so the state_dict, of existing models)."""
     layers: list[nn.Module] = []
     chans = [min(width * 2**i, max_channels) for i in reversed(range(n_up))]
     for i, ch in enumerate(chans):
         last = i == len(chans) - 1
         out = width // 2 if last else chans[i + 1]
-        layers += [nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+        layers += upsample_stage(ch, out, upsampling)
     layers += [nn.Conv2d(width // 2, out_channels, 3, padding=1), nn.Sigmoid()]
     return nn.Sequential(*layers)
 
@@ -310,10 +327,14 @@ def independence_mmd(codes: torch.Tensor, labels: dict[str, torch.Tensor], schem
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])  # 4-neighbour, as OpenCV's ksize=1
 
 
-def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
+def laplacian_variance(images: torch.Tensor, pool: int = 1) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> (B,) variance of the Laplacian of each image's luma (inside the border): the
-    classic focus measure (Pech-Pacheco et al. 2000). Blur lowers it; a render's over its input's says how sharp."""
+    classic focus measure (Pech-Pacheco et al. 2000). Blur lowers it; a render's over its input's says how sharp.
+    ``pool`` > 1: of the luma after a pool x pool average pool (stride pool), which a checkerboard of period 2 (a
+    stride-2 transposed conv's artefact) cannot raise: the pool averages each of its periods away."""
     luma = (images * images.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(1, keepdim=True)  # (B, 1, H, W)
+    if pool > 1:
+        luma = F.avg_pool2d(luma, pool)
     response = F.conv2d(luma, LAPLACIAN.to(images)[None, None])  # (B, 1, H-2, W-2)
     return response.flatten(1).var(1)
 

@@ -25,7 +25,8 @@ Concealer v2 (issue 14), all off by default (a config without them trains and lo
   staggered restarts every ``critics_restart_every`` steps (Wu et al., ECCV 2018), the encoder pushed
   against the strongest one, and an ``hsic_weight`` penalty;
 - depth from the image size: 4 stride-2 stages up to 64 px (as before), one more per doubling (5 at 128),
-  so the decoder always starts from a 4x4 map; the training classifier reads decodes at 64 px at most.
+  so the decoder always starts from a 4x4 map; the training classifier reads decodes at 64 px at most;
+- ``decoder_upsampling = "nearest"``: resize-conv stages instead of transposed convs (no checkerboard).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ..config import setting
 from ..data.schema import LabelSchema
 from .base import Batch, Method, ModelAPI, ReleaseGraph, to_uint8_images
 from .blocks import (
-    AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, laplacian_variance, reverse_gradient,
+    UPSAMPLING, AttributeHeads, LabelCodec, conv_decoder, conv_encoder, independence_mmd, laplacian_variance, reverse_gradient,
 )
 from .discriminator import PatchDiscriminator, feature_matching_loss, hinge_d_loss, hinge_g_loss
 from .independence import CriticEnsemble, hsic
@@ -82,6 +83,9 @@ class ConcealerConfig:
     critics_weight: float = setting(0.0, at_least=0)  # weight of the strongest critic's confusion loss on the encoder
     critics_restart_every: int = setting(0, at_least=0)  # steps between restarts of one critic (staggered); 0 = never
     hsic_weight: float = setting(0.0, at_least=0)  # weight of the normalised HSIC between codes and labels
+    # the decoder's 2x stages: "transpose" (4x4 stride-2 transposed convs: the 64-px models; a checkerboard at 128 px)
+    # or "nearest" (nearest 2x upsampling + 3x3 conv, resize-conv: no checkerboard; ~2.25x the decoder's multiply-adds)
+    decoder_upsampling: str = setting("transpose", choices=UPSAMPLING)
 
     @classmethod
     def tiny(cls) -> "ConcealerConfig":
@@ -186,7 +190,7 @@ class ConcealerNet(Method):
         self.from_latent = nn.Sequential(
             nn.Linear(cfg.latent + self.codec.dim, top * self.side**2), nn.ReLU(True)
         )
-        self.decoder = conv_decoder(3, cfg.width, depth)
+        self.decoder = conv_decoder(3, cfg.width, depth, upsampling=cfg.decoder_upsampling)
         self.critic = (
             nn.Sequential(nn.Linear(cfg.latent, 256), nn.LeakyReLU(0.2, True), nn.Linear(256, 256), nn.LeakyReLU(0.2, True), AttributeHeads(256, self.concealed))
             if cfg.critic_weight > 0
@@ -382,6 +386,8 @@ class ConcealerNet(Method):
             "psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item(),
             # variance of the Laplacian of decodes over that of their inputs (1 = as sharp; the 64-px model: ~0.13)
             "sharpness": (laplacian_variance(recon_x).mean() / laplacian_variance(x).mean().clamp_min(1e-12)).item(),
+            # the same after a 2x2 average pool of both: a transposed conv's checkerboard cannot inflate this one
+            "sharpness_pooled": (laplacian_variance(recon_x, 2).mean() / laplacian_variance(x, 2).mean().clamp_min(1e-12)).item(),
         }
         if self.classifier is not None:
             # How often decodes with shuffled targets are read as the target, by the training classifier
