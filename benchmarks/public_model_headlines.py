@@ -1,6 +1,7 @@
 """Every audited model's public-model headline side by side (attackers trained on the train split's releases).
 
 Usage: python benchmarks/public_model_headlines.py models/*/audit/report.json [-o benchmarks/public_model_headlines]
+       python benchmarks/public_model_headlines.py --card models/NAME/audit/report.json   (prints a model card's section)
 
 Writes OUT.md: per model, release kind and attribute, the strongest attacker's test score with its bootstrap
 95% interval, chance, the attacker, its train/test faces, and the same attribute's data-poor test-halves number.
@@ -12,6 +13,15 @@ from sweep import compare_arguments, invocation  # benchmarks/sweep.py: this scr
 
 
 def main(argv=None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--card"]:
+        from conceal.audit.compare import card_section
+
+        for path in argv[1:]:
+            print(card_section(path))
+        return
     args = compare_arguments(__doc__.splitlines()[0], "benchmarks/public_model_headlines", argv)
     text = ["# Public-model headlines", "", __doc__.split("\n\n")[2].replace("\n", " "), "", headline_table(args.reports).rstrip(), "",
             f"Produced by `{invocation(__file__, argv)}`.", ""]

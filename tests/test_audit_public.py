@@ -95,6 +95,13 @@ def test_every_registered_method_gets_a_headline(name, tiny_models, tmp_path):
             assert lo <= h["score"] <= hi
     assert (tmp_path / "report.md").read_text().startswith("# conceal audit\n\n## Headline")
     assert "test_halves" not in report and "code_leakage" not in report
+    load = report["provenance"]["load"]  # the card quotes the wall time with the machine's load
+    assert load["cpus"] >= 1 and (load["start"] is None or len(load["start"]) == 3)
+    from conceal.audit.compare import card_section
+
+    card = card_section(tmp_path / "report.json")
+    h = report["headline"][next(iter(kinds))]["gender"]
+    assert f"**{h['score']:.3f}**" in card and "wall time" in card and "machine load" in card and "chance" in card
 
 
 class _CountingJudges:

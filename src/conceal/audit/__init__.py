@@ -17,6 +17,7 @@ Nothing heavy is imported until ``run_audit`` is called.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -95,6 +96,13 @@ def _reused_test_halves(path: Path, method: str, n_test: int, seed: int) -> dict
     }, **method_sections}
 
 
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
 def _hook(spec: str):
     """The function a "module:function" spec names (a method's ``audit`` or ``audit_release``), imported now."""
     import importlib
@@ -160,6 +168,7 @@ def run_audit(
     test = ctx.split("test")
     started = datetime.now(timezone.utc)
     wall = time.perf_counter()
+    load_start = _load()
     sections: dict = {}
     if threat_model in ("public-model", "all"):
         from .public import headline, public_model, strip_private
@@ -203,6 +212,8 @@ def run_audit(
             "conceal_version": __version__,
             "date": started.strftime("%Y-%m-%d %H:%M"),
             "wall_seconds": round(time.perf_counter() - wall, 1),
+            # the machine's 1/5/15-min load averages when the audit started and ended, and its cores (timings mean little without)
+            "load": {"start": load_start, "end": _load(), "cpus": os.cpu_count()},
             "command": command if command is not None else " ".join(sys.argv),
         },
         **sections,

@@ -40,7 +40,9 @@ CNN_SIZE = 32
 CNN_EPOCHS = 4  # over ~16k UTKFace train faces: 1,000 updates; more epochs cost minutes a model on a shared 2-core machine
 CNN_MIN_STEPS = 600
 CNN_MAX_EPOCHS = 40
-EMBED_TRAIN, EMBED_VAL, EMBED_TEST = 600, 200, 500  # the face-embedding judge costs ~85 ms an image on one core: a sample
+# The face-embedding judge costs ~85 ms an image on one core (dlib), so its attackers see a seeded sample of each
+# split; the section records the sizes ("samples"). Reports made before 2026-12-02 13:00 used 600 / 200 / 500.
+EMBED_TRAIN, EMBED_VAL, EMBED_TEST = 2000, 300, 1500
 BOOTSTRAP_RESAMPLES = 1000
 JUDGE_VAL = 500  # validation faces the off-the-shelf judge reads (~15 ms each)
 DESCRIPTION = ("attackers trained on the releases of the whole train split with its labels, hyper-parameters and the "
@@ -407,6 +409,7 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
     splits = ("train", "val", "test")
     released = {s: ctx.released(s, "images") for s in splits}
     inputs: dict[str, dict[str, dict]] = {label.name: {} for label in labels}
+    samples: dict[str, dict] = {}  # attackers that see a sample of a split (the face-embedding judge's): its sizes
     log = ctx.log
 
     def timed(name, fn):
@@ -460,13 +463,14 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
         def embedding():
             caps = {"train": options.get("embed_train", EMBED_TRAIN), "val": options.get("embed_val", EMBED_VAL), "test": options.get("embed_test", EMBED_TEST)}
             rows = {s: sample_rows(len(ctx.split(s)), caps[s], ctx.seed, purpose=40 + i) for i, s in enumerate(splits)}
+            samples["face-embedding"] = {s: int(len(rows[s])) for s in splits} | {"of": {s: len(ctx.split(s)) for s in splits}}
             features = {s: ctx.embed(s, "released", rows[s]) for s in splits}
             for label in labels:
                 inputs[label.name]["face-embedding"] = attack_features(features, _ys(ctx, label.name, rows), label, ctx.seed,
                                                                        attackers=("logistic", "mlp-256", "svm-rbf", "knn"), log=log)
         timed("embedding", embedding)
     return {"labels": {name: merge(by_input) for name, by_input in inputs.items()},
-            "judges": {name: reason for name, reason in status.items()}}
+            "judges": {name: reason for name, reason in status.items()}, "samples": samples}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -212,6 +212,9 @@ def _provenance(p: dict, title: bool = True) -> list[str]:
         if p.get(key) is not None:
             value = p[key]
             lines.append(f"- **{title}**: `{value}`" if key in ("model", "command") else f"- **{title}**: {value}")
+        if key == "wall_seconds" and p.get("load"):
+            load = p["load"]
+            lines.append(f"- **machine load** (1/5/15-min averages): {load.get('start')} at the start, {load.get('end')} at the end, on {load.get('cpus')} cores")
     lines += ["", "Every number below comes from attackers trained after the fact on what the method releases, or from "
               "independent offline judges never trained by conceal. Only the public-model numbers (attackers trained on "
               "the train split's releases) count as privacy claims; the test-halves sections (attackers fitted on one half "
@@ -410,6 +413,10 @@ def _public_model(s: dict) -> list[str]:
             points = ", ".join(f"{p['n_train']}: {num(p[curve['metric']])}" for p in curve["points"])
             lines += [f"Learning curve, {name} ({curve['attacker']}, test {METRIC_TITLES.get(curve['metric'], curve['metric'])} by train faces): "
                       f"{points}; {curve['note']}.", ""]
+        for attacker, sizes in release.get("samples", {}).items():
+            of = sizes.get("of", {})
+            lines += [f"The {attacker} attackers read a seeded sample: " + ", ".join(
+                f"{sizes[split]} of {of.get(split, '?')} {split}" for split in ("train", "val", "test") if split in sizes) + " faces.", ""]
     identity = s.get("identity", {})
     lines += ["### Identity (re-identification)", ""]
     if "skipped" in identity:
