@@ -161,7 +161,22 @@ def test_shared_code_never_branches_on_a_dataset_name():
     assert not hits, hits
 
 
-def test_old_flat_data_keys_still_read():
+OLD_FLAT_CONFIG = """method = "masker"
+
+[data]
+dataset = "fer2013"
+root = "../shared/datasets/fer2013"
+size = 48
+labels = "ferplus"
+synthetic_n = 10000
+synthetic_seed = 0
+
+[model]
+task = "emotion"
+"""  # the [data] section of the first masker-fer-emotion's config.toml (2026-12-01), written before datasets had options
+
+
+def test_old_flat_data_keys_still_read(tmp_path):
     """Configs and model.json files written before datasets had options (synthetic_n, labels, ... in [data])."""
     from conceal.config import build_run_config
     from conceal.data import dataset_options, open_configured
@@ -169,9 +184,9 @@ def test_old_flat_data_keys_still_read():
     from conceal.data.synthetic import SyntheticOptions
     from conceal.methods.masker import MaskerConfig
 
-    shipped = SRC.parents[1] / "models" / "masker-fer-emotion" / "config.toml"  # [data] labels = "ferplus", synthetic_n = 10000
-    assert "synthetic_n" in shipped.read_text()
-    cfg = build_run_config("masker", shipped, [], MaskerConfig, dataset_options)
+    old = tmp_path / "config.toml"
+    old.write_text(OLD_FLAT_CONFIG)
+    cfg = build_run_config("masker", old, [], MaskerConfig, dataset_options)
     assert cfg.data.dataset == "fer2013" and cfg.data.options == FER2013Options(labels="ferplus")
     cfg = build_run_config("masker", None, ["data.synthetic_n=60", "data.synthetic_seed=3"], MaskerConfig, dataset_options)
     assert cfg.data.options == SyntheticOptions(n=60, seed=3)

@@ -86,8 +86,18 @@ def test_every_registered_method_gets_a_headline(name, tiny_models, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     kinds = set(METHODS[name].releases)
     assert set(report["headline"]) == kinds
+    # A task-keeping method (the masker, task smile here) is also attacked on its task, with the same CNN on the
+    # original images beside it as the reference (FER+ emotion has no sensitive attribute: its headline is the task).
+    task = {"smile"} if name == "masker" else set()
     for kind, by_attribute in report["headline"].items():
-        assert set(by_attribute) == {"gender", "race", "age"}
+        assert set(by_attribute) == {"gender", "race", "age"} | task
+        for attribute in task:
+            h = by_attribute[attribute]
+            assert h["role"] == "kept" and 0 <= h["original"] <= 1 and h["original_ci95"][0] <= h["original"] <= h["original_ci95"][1]
+            assert "original" not in by_attribute["gender"]
+        if task:
+            assert "ORIGINAL images (reference)" in (tmp_path / "report.md").read_text()
+            assert "_test_predictions" not in json.dumps(report)
         for h in by_attribute.values():
             assert {"metric", "score", "ci95", "chance", "attacker", "threat_model", "n_train", "n_test"} <= set(h)
             assert h["threat_model"] == "public-model" and h["n_train"] > h["n_test"] > 0

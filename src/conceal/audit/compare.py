@@ -44,7 +44,8 @@ def headline_table(report_jsons: list[str | Path]) -> str:
                 lo, hi = h.get("ci95") or (None, None)
                 bound = " (lower bound)" if h.get("lower_bound") else ""
                 rows.append([name, kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
-                             f"{num(h['score'])} [{num(lo)}, {num(hi)}]{bound}", num(h["chance"]), h["attacker"],
+                             f"{num(h['score'])} [{num(lo)}, {num(hi)}]{bound}",
+                             num(h["chance"]) + (f"; originals {num(h['original'])}" if h.get("original") is not None else ""), h["attacker"],
                              f"{h['n_train']} / {h['n_test']}", _test_halves_score(report, kind, attribute), wall])
         if not report.get("headline"):
             rows.append([name, "—", "—", "", "", "no public-model headline (audited before it existed)", "", "", "", "", wall])

@@ -346,9 +346,17 @@ def identity_section(ctx: AuditContext, max_probes: int | None = 600) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def _task_name(ctx: AuditContext) -> str | None:
+    """The label a task-keeping method (the masker) releases for, when the data has it as a label; else None."""
+    task = getattr(getattr(ctx.api.method, "task_label", None), "name", None)
+    return task if task is not None and task in ctx.split("test").schema else None
+
+
 def _labels(ctx: AuditContext) -> list[Label]:
+    """The sensitive attributes the data has, and the method's own task (e.g. FER+ emotion: kept), if it is another label."""
     schema: LabelSchema = ctx.split("test").schema
-    return [schema[name] for name in ATTRIBUTES if name in schema]
+    task = _task_name(ctx)
+    return [schema[name] for name in ATTRIBUTES if name in schema] + ([schema[task]] if task and task not in ATTRIBUTES else [])
 
 
 def _role(ctx: AuditContext, name: str) -> str:
@@ -432,6 +440,24 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
                 inputs[label.name]["cnn"] = _scored(label, ys, {s: predictions[s][label.name] for s in ("val", "test")}, ys["train"],
                                                     "from-scratch", n_train, seconds)
         timed("cnn", cnn)
+    task = _task_name(ctx)
+    if task is not None and options.get("cnn", True) and options.get("original_reference", True):
+        def original_cnn():
+            # The same CNN, trained and chosen the same way on the *original* images of the same faces: what the
+            # task reads without the model, so a kept task's score has its reference from the same recipe.
+            start = time.perf_counter()
+            task_label = [label for label in labels if label.name == task]
+            originals = {s: np.asarray(ctx.split(s).images) for s in splits}
+            y = {s: {task: ctx.split(s).labels[task]} for s in splits}
+            predictions = train_cnn(originals, y, task_label, ctx.seed, epochs=options.get("cnn_epochs", CNN_EPOCHS),
+                                    min_steps=options.get("cnn_min_steps", CNN_MIN_STEPS))
+            ys = _ys(ctx, task)
+            references[task] = _scored(task_label[0], ys, {s: predictions[s][task] for s in ("val", "test")}, ys["train"],
+                                       "from-scratch", int(np.sum(~np.isnan(ys["train"]))), time.perf_counter() - start)
+        references: dict[str, dict] = {}
+        timed("original_cnn", original_cnn)
+    else:
+        references = {}
     if options.get("hog", True):
         def hog():
             features = {s: hog_features(released[s]) for s in splits}
@@ -469,8 +495,13 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
                 inputs[label.name]["face-embedding"] = attack_features(features, _ys(ctx, label.name, rows), label, ctx.seed,
                                                                        attackers=("logistic", "mlp-256", "svm-rbf", "knn"), log=log)
         timed("embedding", embedding)
-    return {"labels": {name: merge(by_input) for name, by_input in inputs.items()},
-            "judges": {name: reason for name, reason in status.items()}, "samples": samples}
+    merged = {name: merge(by_input) for name, by_input in inputs.items()}
+    for name, reference in references.items():
+        if "skipped" not in merged[name] and "skipped" not in reference:
+            merged[name]["original"] = {"attacker": "cnn:from-scratch", **reference["attackers"]["from-scratch"],
+                                        "note": "the same CNN on the original images (reference)",
+                                        "_test_predictions": reference["_test_predictions"], "_y_test": reference["_y_test"]}
+    return {"labels": merged, "judges": {name: reason for name, reason in status.items()}, "samples": samples}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -500,6 +531,10 @@ def headline(section: dict, schema: LabelSchema, seed: int) -> dict:
                 "n_test": result["n_test"],
                 "role": section.get("roles", {}).get(name),
             }
+            reference = result.get("original")
+            if reference is not None:  # a kept task: the same CNN on the originals
+                out[kind][name]["original"] = reference["test"][metric]
+                out[kind][name]["original_ci95"] = bootstrap_interval(reference["_y_test"], reference["_test_predictions"], label, seed)
             curve = release.get("learning_curve", {}).get(name)
             if curve is not None and result["strongest"] == f"codes:{curve['attacker']}":
                 out[kind][name]["lower_bound"] = curve["still_rising"]

@@ -408,6 +408,11 @@ def _public_model(s: dict) -> list[str]:
                 params = ", ".join(f"{k}={v}" for k, v in entry.get("params", {}).items())
                 rows.append([name, METRIC_TITLES.get(metric, metric), f"{attacker}{strongest}", num((entry.get("val") or {}).get(metric)),
                              num(entry["test"].get(metric)), num(result["chance"]), f"{entry['n_train']} / {entry.get('n_test', '')}" + (f"; {params}" if params else "")])
+            if result.get("original"):  # a kept task's reference: the same CNN on the original images
+                ref = result["original"]
+                rows.append([name, METRIC_TITLES.get(metric, metric), f"{ref['attacker']} on the ORIGINAL images (reference)",
+                             num((ref.get("val") or {}).get(metric)), num(ref["test"].get(metric)), num(result["chance"]),
+                             f"{ref['n_train']} / {result['n_test']}"])
         lines += table(["attribute", "metric", "attacker", "val", "test", "chance", "train / test faces; settings"], rows) + [""]
         for name, curve in release.get("learning_curve", {}).items():
             points = ", ".join(f"{p['n_train']}: {num(p[curve['metric']])}" for p in curve["points"])
