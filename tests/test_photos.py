@@ -111,3 +111,59 @@ def test_align_puts_landmarks_on_the_template():
 def test_degenerate_landmarks_are_refused():
     with pytest.raises(ValueError, match="degenerate"):
         similarity(np.zeros((5, 2)), np.ones((5, 2)))
+
+
+
+class _Darkening:
+    """A stand-in anonymizer whose reconstruction is the aligned crop at half brightness: a lighting mismatch."""
+
+    method = type("M", (), {"name": "anonymizer"})()
+    image_size = 64
+    info = {"data": {"dataset": "utkface"}}
+
+    def apply(self, crops, **_):
+        return (crops // 2).astype(np.uint8)
+
+
+def test_colour_match_brings_a_mislit_face_to_the_photo_and_leaves_the_rest_exact(detector, astronaut, tmp_path):
+    from PIL import Image
+
+    from conceal.faces.align import geometry_of
+    from conceal.faces.paste import face_mask, paste_faces
+
+    model = _Darkening()
+    matched, faces = conceal_photo(model, astronaut, detector=detector)  # auto: the anonymizer's faces are matched
+    plain, _ = conceal_photo(model, astronaut, detector=detector, colour_match="off")
+    assert len(faces) == 1 and not np.array_equal(matched, plain)
+    # The blended region: where the warped feathered mask is above 0 (a white face pasted on black).
+    geometry = geometry_of(model)
+    matrix = similarity(faces[0]["landmarks"], geometry.template)
+    white = np.full((geometry.size, geometry.size, 3), 255, np.uint8)
+    blended = paste_faces(np.zeros_like(astronaut), [white], [matrix], [face_mask(geometry)]).any(2)
+    Image.fromarray(matched).save(tmp_path / "out.png")
+    written = np.asarray(Image.open(tmp_path / "out.png"))
+    assert np.array_equal(written[~blended], astronaut[~blended])  # every pixel outside: exactly the input's
+    # Inside the face, the darkened render's mean moves back to the original's.
+    x0, y0, x1, y1 = (int(v) for v in faces[0]["box"])
+    face = (slice(y0 + (y1 - y0) // 4, y1 - (y1 - y0) // 4), slice(x0 + (x1 - x0) // 4, x1 - (x1 - x0) // 4))
+    original, before, after = (img[face].reshape(-1, 3).mean(0) for img in (astronaut, plain, matched))
+    assert np.abs(after - original).sum() < 0.2 * np.abs(before - original).sum()
+
+
+def test_which_releases_are_colour_matched():
+    from conceal.faces.paste import match_colour
+    from conceal.photos import colour_matched
+
+    def model(name):
+        return type("API", (), {"method": type("M", (), {"name": name})()})()
+
+    assert colour_matched(model("anonymizer")) and not colour_matched(model("concealer"))  # auto
+    assert colour_matched(model("concealer"), "on") and not colour_matched(model("anonymizer"), "off")
+    assert not colour_matched(model("masker"), "on")  # its black stays black
+    with pytest.raises(ValueError, match="one of auto, on, off"):
+        colour_matched(model("anonymizer"), "yes")
+    rendered, original = np.full((16, 16, 3), 50, np.uint8), np.full((16, 16, 3), 150, np.uint8)
+    mask = np.ones((16, 16), np.float32)
+    assert np.array_equal(match_colour(rendered, original, mask), original)
+    # A face out of the photo (under COLOUR_MIN of its weight inside): unchanged.
+    assert np.array_equal(match_colour(rendered, original, mask, valid=np.zeros_like(mask)), rendered)

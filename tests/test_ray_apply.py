@@ -122,3 +122,36 @@ def test_without_ray_one_line_says_how_to_get_it(monkeypatch, tiny_models, photo
 def test_ray_flags_without_the_ray_engine_are_refused(flag, tiny_models, photos, tmp_path, capsys):
     assert main(["apply", str(tiny_models["masker"]), str(photos), "-o", str(tmp_path / "out"), "--no-detect", *flag]) == 2
     assert capsys.readouterr().err == f"conceal: error: {flag[0]} is for --engine ray\n"
+
+
+HEAD = """
+import sys, ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@needs_ray
+def test_address_joins_a_running_cluster_and_writes_the_single_process_bytes(tiny_models, photos, tmp_path):
+    """`--address HOST:PORT` joins a Ray that another process started (a head of 1 CPU, its own processes
+    ended by that process's ray.shutdown, nobody else's), in a fresh `conceal` process, as a user runs it."""
+    import subprocess
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        address = head.stdout.readline().strip()
+        assert ":" in address, "the head did not start"
+        args = ["apply", str(tiny_models["anonymizer"]), str(photos), "--no-detect", "--quiet"]
+        assert main([*args, "-o", str(tmp_path / "local")]) == 0
+        joined = subprocess.run([sys.executable, "-m", "conceal", *args, "-o", str(tmp_path / "ray"), "--engine", "ray",
+                                 "--address", address], capture_output=True, text=True, env=env, timeout=120)
+        assert joined.returncode == 0, joined.stderr[-2000:]
+        assert joined.stdout.startswith(f"wrote {N_PHOTOS} images")
+        assert tree(tmp_path / "ray") == tree(tmp_path / "local")  # the images and the manifest
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)

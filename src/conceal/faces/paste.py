@@ -1,4 +1,5 @@
-"""Put a model's output faces back into the photo: inverse warp + a feathered face mask.
+"""Put a model's output faces back into the photo: inverse warp + a feathered face mask, with the rendered
+face's colour and lighting first matched to the photo's (``match_colour``).
 
 Every pixel where the warped mask is 0 keeps the photo's exact value, so with PNG output the photo
 outside the blended faces is bit-identical to the input.
@@ -66,3 +67,33 @@ def paste_faces(image: np.ndarray, faces: list[np.ndarray], matrices: list[np.nd
         blended = np.rint(region * (1 - weight) + pixels * weight).astype(np.uint8)
         out[y0:y1, x0:x1] = np.where(weight > 0, blended, region)
     return out
+
+
+COLOUR_MIN = 0.05  # share of the crop the face must cover inside the photo for its colours to be matched
+
+
+def inside_photo(matrix: np.ndarray, size: int, height: int, width: int) -> np.ndarray:
+    """(S, S) float32: 1 where crop pixel (centre) maps into the photo (``matrix``: photo -> crop), else 0."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    inverse = np.linalg.inv(matrix)
+    px = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+    py = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    return ((px >= 0) & (px < width) & (py >= 0) & (py < height)).astype(np.float32)
+
+
+def match_colour(rendered: np.ndarray, original: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The rendered crop (S, S, 3) uint8 shifted, per channel, so its mean over the face equals the original
+    crop's (S, S, 3) uint8: both weighted by the feathered face ``mask`` (times ``valid``, the crop pixels that lie
+    in the photo), so the pasted face takes the photo's lighting and colour cast and its rim meets the skin
+    around it. Only the means move: also matching the spread (a per-channel gain) amplified the 64 px renders'
+    blur and ringing into coloured blotches on scikit-image's astronaut. The face's mean colour is the
+    original's, so this also carries the original's average skin tone into the output (see
+    ``photos.colour_matched``). With under ``COLOUR_MIN`` of the crop's weight in the photo, unchanged."""
+    weight = mask * (1.0 if valid is None else valid)
+    total = float(weight.sum())
+    if total < COLOUR_MIN * weight.size:
+        return rendered
+    w = (weight / total)[..., None]
+    r, o = rendered.astype(np.float32), original.astype(np.float32)
+    shift = (o * w).sum((0, 1)) - (r * w).sum((0, 1))
+    return np.clip(np.rint(r + shift), 0, 255).astype(np.uint8)
