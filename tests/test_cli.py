@@ -122,6 +122,45 @@ def test_demo_writes_a_grid(tiny_model_dir, tmp_path, capsys):
         assert img.size[0] > img.size[1] > 100
 
 
+def test_demo_prefers_the_128_px_model_and_falls_back_to_64(tmp_path, monkeypatch):
+    from conceal import demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "REPO_MODELS", tmp_path / "elsewhere")
+    for name in ("concealer-utkface-64", "concealer-utkface-128"):
+        with pytest.raises(FileNotFoundError, match="concealer-utkface-128 or concealer-utkface-64"):
+            demo.default_model_path()
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "model.json").write_text("{}")
+        assert demo.default_model_path().name == name  # 64 alone, then 128 beside it
+        if name == "concealer-utkface-64":
+            (tmp_path / "models" / name / "model.json").unlink()  # 128 alone next
+    (tmp_path / "models" / "concealer-utkface-64" / "model.json").write_text("{}")
+    assert demo.default_model_path().name == "concealer-utkface-128"
+
+
+def test_demo_crops_the_bundled_photos_as_apply_does(tiny_model_dir, monkeypatch):
+    """The grid's photo rows are the crops `conceal apply` hands the model for skimage's photos."""
+    from skimage import data
+
+    from conceal import demo
+    from conceal.faces.detect import DetectorUnavailable
+    from conceal.photos import conceal_photo
+
+    model = demo.Concealer.load(tiny_model_dir)
+    try:
+        crops, titles = demo.photo_faces(model)
+    except DetectorUnavailable as error:  # pragma: no cover - the photos extra is part of the dev install
+        pytest.skip(str(error))
+    if titles == ["astronaut (fixed box: no detector)"]:
+        pytest.skip("no face detector installed")
+    assert titles == [title for _, title in demo.PHOTOS]
+    seen = []
+    monkeypatch.setattr(model, "apply", lambda crops, **_: seen.append(crops) or crops)
+    conceal_photo(model, data.astronaut(), as_={"gender": "male"}, max_faces=1)
+    assert crops[0].shape == (model.image_size, model.image_size, 3) and np.array_equal(crops[0], seen[0][0])
+
+
 def test_apply_crops_like_the_model_was_trained(tiny_model_dir, tmp_path):
     """The centre crop defaults to the model's training crop: its data config, else its dataset's default (LFW: 0.5)."""
     import json

@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=cmd_bench)
 
     de = sub.add_parser("demo", help="conceal bundled sample faces with the shipped model; writes a PNG grid")
-    de.add_argument("--model", default=None, help="default: models/concealer-utkface-64")
+    de.add_argument("--model", default=None, help="default: models/concealer-utkface-128 where it exists, else models/concealer-utkface-64")
     de.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
     de.set_defaults(func=cmd_demo)
 
