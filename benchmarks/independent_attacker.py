@@ -35,8 +35,8 @@ from conceal.modelfile import read_model_info
 MARGIN = 0.04
 
 
-def extra_trees(label, seed, min_leaf):
-    common = dict(n_estimators=300, min_samples_leaf=min_leaf, max_features="sqrt", n_jobs=1, random_state=seed)
+def extra_trees(label, seed, min_leaf, trees=300):
+    common = dict(n_estimators=trees, min_samples_leaf=min_leaf, max_features="sqrt", n_jobs=1, random_state=seed)
     return ExtraTreesRegressor(**common) if label.kind == "continuous" else ExtraTreesClassifier(**common)
 
 
@@ -93,12 +93,12 @@ MLPS = (("torch-mlp-768-384", (768, 384), 0.3, 1234, False),
         ("torch-mlp-512-balanced", (512, 256), 0.2, 555, True))  # class-weighted cross-entropy
 
 
-def attack(x, y, label, seed):
+def attack(x, y, label, seed, trees=300, leaves=(1, 5)):
     """-> {attacker: {"val": metrics, "test": metrics, "params", "seconds"}}."""
     results = {}
-    for min_leaf in (1, 5):
+    for min_leaf in leaves:
         start = time.perf_counter()
-        model = extra_trees(label, seed, min_leaf).fit(x["train"], y["train"] if label.kind == "continuous" else y["train"].astype(int))
+        model = extra_trees(label, seed, min_leaf, trees).fit(x["train"], y["train"] if label.kind == "continuous" else y["train"].astype(int))
         predictions = {}
         for s in ("val", "test"):
             if label.kind == "continuous":
@@ -111,7 +111,7 @@ def attack(x, y, label, seed):
         metric, higher = primary_metric(label)
         previous = results.get("extra-trees")
         if previous is None or (entry["val"][metric] > previous["val"][metric]) == higher:
-            results["extra-trees"] = {**entry, "params": {"min_samples_leaf": min_leaf}, "seconds": round(time.perf_counter() - start, 1)}
+            results["extra-trees"] = {**entry, "params": {"min_samples_leaf": min_leaf, "trees": trees}, "seconds": round(time.perf_counter() - start, 1)}
     for name, widths, dropout, offset, balanced in MLPS:
         if balanced and label.kind == "continuous":
             continue
@@ -226,6 +226,8 @@ def main(argv=None) -> None:
     p.add_argument("--release", choices=("codes", "images"), default="codes", help="which headline to check (default: codes)")
     p.add_argument("--cnn", action="store_true", help="images: also train the CNN, for each concealed attribute "
                    "(~8 ms an image an epoch on one loaded core: ~11 min an attribute on UTKFace's 16k train faces)")
+    p.add_argument("--trees", type=int, default=300, help="extra trees: trees per forest (default 300)")
+    p.add_argument("--leaves", default="1,5", help="extra trees: min_samples_leaf values tried, chosen on validation (default 1,5)")
     p.add_argument("--max-train", type=int, default=None, help="a seeded sample of the train split (smoke runs only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="benchmarks/independent_attacker")
@@ -260,7 +262,7 @@ def main(argv=None) -> None:
                 v = np.asarray(ctx.split(s).labels[name], np.float64)
                 known = ~np.isnan(v)
                 x[s], y[s] = codes[s][known].astype(np.float32), v[known]
-            results = attack(x, y, label, args.seed)
+            results = attack(x, y, label, args.seed, trees=args.trees, leaves=tuple(int(v) for v in args.leaves.split(",")))
             if args.release == "images" and args.cnn and h.get("role") == "concealed":
                 t0 = time.perf_counter()
                 ims = {s: released[s][~np.isnan(np.asarray(ctx.split(s).labels[name], np.float64))] for s in splits}

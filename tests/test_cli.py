@@ -194,3 +194,10 @@ def test_apply_and_encode_fold_batch_norm_and_erase_does_not(tiny_model_dir, pho
     assert main(["encode", str(tiny_model_dir), str(photo_folder), "-o", str(tmp_path / "c.npz"), "--no-detect"]) == 0
     assert main(["erase", str(tiny_model_dir), "-o", str(tmp_path / "erased")]) == 0
     assert calls == [True, True, False]
+
+
+def test_audit_embed_sample_takes_three_counts(capsys, tmp_path):
+    # checked before any model or data is read: one line, exit status 2
+    assert main(["audit", "models/concealer-utkface-64", "-o", str(tmp_path / "r"), "--embed-sample", "600,200"]) == 2
+    assert capsys.readouterr().err.strip().startswith("conceal: error: --embed-sample takes TRAIN,VAL,TEST")
+    assert not (tmp_path / "r").exists()

@@ -224,8 +224,18 @@ def cmd_demo(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import run_audit
 
+    public_options = None
+    if args.embed_sample is not None:
+        try:
+            sizes = [int(v) for v in args.embed_sample.split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) != 3 or min(sizes) < 2:
+            raise DataError(f"--embed-sample takes TRAIN,VAL,TEST face counts of at least 2, not {args.embed_sample!r}")
+        public_options = dict(zip(("embed_train", "embed_val", "embed_test"), sizes))
     report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed,
-                       threat_model=args.threat_model, max_train=args.max_train, reuse_test_halves=args.reuse_test_halves)
+                       threat_model=args.threat_model, max_train=args.max_train, reuse_test_halves=args.reuse_test_halves,
+                       public_options=public_options)
     print(f"report: {report}")
     return 0
 
@@ -484,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="public-model: attackers trained on the train split's releases (the headline); test-halves: on half "
                          "the test split (data-poor, for comparison); all (default)")
     au.add_argument("--max-train", type=int, default=None, help="public-model: a seeded sample of the train split (quick looks; default: all of it)")
+    au.add_argument("--embed-sample", metavar="TRAIN,VAL,TEST", default=None,
+                    help="public-model: how many train, val and test faces the face-embedding attackers read (the judge costs "
+                         "~85 ms an image on one core; default: 2000,300,1500)")
     au.add_argument("--reuse-test-halves", metavar="REPORT_JSON", default=None,
                     help="carry the test-halves sections over from an earlier report.json of the same model, test faces and seed (default: recompute them)")
     au.add_argument("--seed", type=int, default=0, help="seed of the sample, the attackers and their splits")
