@@ -12,6 +12,12 @@ from conceal.audit.compare import headline_table
 from sweep import compare_arguments, invocation  # benchmarks/sweep.py: this script's folder is on sys.path
 
 
+NOTE = ("The face-embedding attackers read a seeded sample of each split (the dlib judge is the slow part); where one is the "
+        "strongest, its train / test faces column gives the sample: audits before 2026-12-02 13:00 used 600 / 200 / 500 "
+        "train / val / test faces, later ones say theirs (`conceal audit --embed-sample`, default 2000,300,1500). "
+        "Wall times are the whole audit's, with the 5-min load average at its end, on this shared 2-core machine.")
+
+
 def main(argv=None) -> None:
     import sys
 
@@ -23,7 +29,7 @@ def main(argv=None) -> None:
             print(card_section(path))
         return
     args = compare_arguments(__doc__.splitlines()[0], "benchmarks/public_model_headlines", argv)
-    text = ["# Public-model headlines", "", __doc__.split("\n\n")[2].replace("\n", " "), "", headline_table(args.reports).rstrip(), "",
+    text = ["# Public-model headlines", "", __doc__.split("\n\n")[2].replace("\n", " "), "", NOTE, "", headline_table(args.reports).rstrip(), "",
             f"Produced by `{invocation(__file__, argv)}`.", ""]
     args.out.with_suffix(".md").write_text("\n".join(text))
     print(f"wrote {args.out.with_suffix('.md')}")

@@ -102,7 +102,7 @@ def card_section(report_json: str | Path, title: str | None = None) -> str:
                          + ("**still rising, so the headline is a lower bound**" if curve["still_rising"] else curve["note"]))
         for attacker, sizes in release.get("samples", {}).items():
             of = sizes.get("of", {})
-            lines.append(f"- the {attacker} attackers read a seeded sample (the judge costs ~85 ms an image on one core): "
+            lines.append(f"- the {attacker} attackers read a seeded sample: "
                          + ", ".join(f"{sizes[s]:,} of {of.get(s, 0):,} {s}" for s in ("train", "val", "test") if s in sizes) + " faces")
         for name, result in release.get("labels", {}).items():
             inputs = result.get("inputs", {}).get("face-embedding")
