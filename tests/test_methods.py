@@ -246,3 +246,32 @@ def test_folded_api_applies_like_the_unfolded_one_and_cannot_be_saved(name, tiny
         with pytest.raises(CheckpointError, match="folded"):
             write_model_files(tmp_path, folded.method, RunConfig(method=name, model=folded.method.cfg))
         assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_concealer_layout_fold_keeps_the_release_with_an_eraser(synthetic_small, tiny_method):
+    """The concealer's inference rewrites (flatten/unflatten in channels_last order, the eraser as one affine
+    map): the same released images and codes to float rounding, no layout copy left around the linear layers."""
+    import copy
+
+    from conceal.export import example_inputs, graph_of, input_names
+    from conceal.methods.blocks import FoldedEraser, fold_batch_norm, fold_for_inference, has_folded_batch_norm
+    from conceal.methods.erasure import CodeEraser
+
+    torch.manual_seed(0)
+    method = tiny_method("concealer", synthetic_small.schema).eval()
+    method.eraser = CodeEraser(method.cfg.latent, 2)
+    for buffer in (method.eraser.mean, method.eraser.basis_in, method.eraser.basis_out):
+        buffer.normal_()
+    method.eval().to(memory_format=torch.channels_last)
+    plain, folded = copy.deepcopy(method), copy.deepcopy(method)
+    fold_batch_norm(plain)
+    assert fold_for_inference(folded) >= 4 and isinstance(folded.eraser, FoldedEraser) and has_folded_batch_norm(folded)
+    assert folded.fold_layout_for_inference() == 0  # once only
+    inputs = example_inputs(method, 4)
+    args = [inputs[n].contiguous(memory_format=torch.channels_last) if inputs[n].dim() == 4 else inputs[n] for n in input_names(method)]
+    with torch.inference_mode():
+        (a, codes_a), (b, codes_b) = graph_of(plain)(*args), graph_of(folded)(*args)
+        flat = folded.encoder(args[0])
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(codes_b, codes_a, rtol=0, atol=1e-4)
+    assert flat.dim() == 2 and flat.is_contiguous()  # the flatten of a channels_last map is a view

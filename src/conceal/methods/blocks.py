@@ -151,9 +151,48 @@ def fold_nearest_upsampling(module: nn.Module, max_out_channels: int = PHASE_CON
     return folded
 
 
+class FlattenChannelsLast(nn.Module):
+    """(B, C, H, W) -> (B, H * W * C): flattened in (h, w, c) order, a view of a channels_last tensor (no copy);
+    the Linear after it has its input columns permuted to match (``fold_flatten_layout``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+
+class UnflattenChannelsLast(nn.Module):
+    """The (B, C, H, W) reshape of a Linear's output whose rows were permuted to (h, w, c) order -> the same
+    values as a channels_last (B, C, H, W) tensor, as a view (no copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def nchw_to_nhwc_index(channels: int, side: int) -> torch.Tensor:
+    """Index i of the (h, w, c) flattening -> its position in the (c, h, w) flattening of a (C, side, side) map."""
+    return torch.arange(channels * side * side).reshape(channels, side, side).permute(1, 2, 0).reshape(-1)
+
+
+class FoldedEraser(nn.Module):
+    """``CodeEraser``'s x - ((x - mean) @ basis_in) @ basis_out.T as one affine map, x @ W.T + b (one addmm instead
+    of two skinny matmuls and two subtractions): the same function to float rounding, for inference."""
+
+    def __init__(self, eraser: nn.Module):
+        super().__init__()
+        basis_in, basis_out, mean = (t.detach().double() for t in (eraser.basis_in, eraser.basis_out, eraser.mean))
+        weight = torch.eye(len(mean), dtype=torch.float64) - basis_out @ basis_in.T  # (d, d): x @ weight.T
+        self.register_buffer("weight", weight.float())
+        self.register_buffer("bias", (mean @ basis_in @ basis_out.T).float())
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, codes, self.weight.T)
+
+
 def fold_for_inference(module: nn.Module) -> int:
-    """Every inference-only rewrite of this file (``fold_batch_norm``, then ``fold_nearest_upsampling``); -> how many."""
-    return fold_batch_norm(module) + fold_nearest_upsampling(module)
+    """Every inference-only rewrite of this file (``fold_batch_norm``, then ``fold_nearest_upsampling``), and each
+    submodule's own (``fold_layout_for_inference()``: the concealer's flatten layouts and eraser); -> how many."""
+    n = fold_batch_norm(module) + fold_nearest_upsampling(module)
+    return n + sum(m.fold_layout_for_inference() for m in list(module.modules()) if hasattr(m, "fold_layout_for_inference"))
 
 
 def has_folded_batch_norm(module: nn.Module) -> bool:

@@ -214,6 +214,33 @@ class ConcealerNet(Method):
         mu, logvar = self.to_moments(self.encoder(x).flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10, 10)
 
+    def fold_layout_for_inference(self) -> int:
+        """Inference-only rewrites (``blocks.fold_for_inference`` calls this; the model can then not be trained or
+        saved, like the batch-norm fold): the encoder's last map is flattened in channels_last order and the decoder's
+        first map unflattened into it, with ``to_moments``' input columns and ``from_latent``'s output rows permuted to
+        match (three layout copies of each batch gone), and a fitted eraser becomes one affine map. -> how many."""
+        from .blocks import FOLDED, FlattenChannelsLast, FoldedEraser, UnflattenChannelsLast, nchw_to_nhwc_index
+
+        if getattr(self, "_layout_folded", False):
+            return 0
+        top, side = self.to_moments.in_features // self.side**2, self.side
+        order = nchw_to_nhwc_index(top, side)
+        with torch.no_grad():
+            self.to_moments.weight.copy_(self.to_moments.weight[:, order])
+            linear = self.from_latent[0]
+            linear.weight.copy_(linear.weight[order])
+            linear.bias.copy_(linear.bias[order])
+        self.encoder.append(FlattenChannelsLast().eval())  # new modules start in training mode: inference only here
+        self.decoder.insert(0, UnflattenChannelsLast().eval())
+        for m in (self.encoder, self.decoder, self.from_latent):
+            setattr(m, FOLDED, True)
+        n = 3
+        if self.eraser is not None:
+            self.eraser = FoldedEraser(self.eraser).eval()
+            n += 1
+        self._layout_folded = True
+        return n
+
     def raw_codes(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> μ (B, latent): deterministic; ``release_codes`` adds the eraser, when fitted."""
         return self.encode(x)[0]
