@@ -40,7 +40,8 @@ CNN_SIZE = 32
 CNN_EPOCHS = 4  # over ~16k UTKFace train faces: 1,000 updates; more epochs cost minutes a model on a shared 2-core machine
 CNN_MIN_STEPS = 600
 CNN_MAX_EPOCHS = 40
-# The face-embedding judge costs ~85 ms an image on one core (dlib), so its attackers see a seeded sample of each
+# The face-embedding judge (dlib) is the slowest step (~85 ms an image on an idle core; 0.57 s wall on the shared
+# 2-core machine at load ~5, 2,177 s for 3,800 released UTKFace images), so its attackers see a seeded sample of each
 # split; the section records the sizes ("samples"). Reports made before 2026-12-02 13:00 used 600 / 200 / 500.
 EMBED_TRAIN, EMBED_VAL, EMBED_TEST = 2000, 300, 1500
 BOOTSTRAP_RESAMPLES = 1000
