@@ -118,10 +118,16 @@ def resolve_task(schema: LabelSchema, task: str) -> Label:
 # --- the mask -----------------------------------------------------------------------------------
 
 
-def top_k_mask(mask: torch.Tensor, keep: float) -> torch.Tensor:
+def top_k_mask(mask: torch.Tensor, keep: float, ties_by_index: bool = False) -> torch.Tensor:
     """(B, 1, H, W) soft mask -> the same with all but its round(keep·H·W) largest values per image zeroed.
 
-    Exactly k pixels survive per image, ties included (``topk`` picks k indices whatever the values).
+    Exactly k pixels survive per image, ties included. With ``ties_by_index`` (the release: eval mode, the
+    exported graph), among equal values the lower (row-major) index wins:
+    torch's ``topk`` leaves ties unordered, and a flat region of the mask (a flat background) at the K%
+    boundary then released different pixels in torch and onnxruntime, whose TopK breaks ties that way
+    (measured on masker-fer-emotion: 9.8% of pixels differed). So the selection ranks, in float64, each value
+    minus 1e-14 x its index: equal values are ordered by index, distinct float32 values keep their order (the
+    largest shift, 2.3e-11 at 48 x 48, is below float32's spacing above ~1e-4), and both backends agree.
     The selection carries no gradient; the kept values do.
     """
     pixels = int(mask.shape[2]) * int(mask.shape[3])  # int(): H·W is fixed per model, a constant in an exported graph
@@ -130,7 +136,10 @@ def top_k_mask(mask: torch.Tensor, keep: float) -> torch.Tensor:
     # One zero row appended and dropped again: onnxruntime's TopK dies with SIGFPE on zero rows, so the
     # exported graph could not take an empty batch otherwise. Rows are independent: nothing else changes.
     padded = torch.cat([flat, flat.new_zeros(1, pixels)])  # (B + 1, H·W)
-    selected = torch.zeros_like(padded).scatter_(1, padded.topk(k, dim=1).indices, 1.0)[:-1]
+    ranked = padded
+    if ties_by_index:  # (B + 1, H·W) float64; training keeps torch's own topk, as the shipped models were trained
+        ranked = padded.double() - torch.arange(pixels, dtype=torch.float64, device=mask.device) * 1e-14
+    selected = torch.zeros_like(padded).scatter_(1, ranked.topk(k, dim=1).indices, 1.0)[:-1]
     return (flat * selected).view_as(mask)
 
 
@@ -248,7 +257,7 @@ class MaskerNet(Method):
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> soft mask m and its released part m_topK, each (B, 1, H, W)."""
         mask = self.masker(x)
-        return mask, top_k_mask(mask, self.cfg.keep)
+        return mask, top_k_mask(mask, self.cfg.keep, ties_by_index=not self.training)
 
     def forward(self, x: torch.Tensor, labels: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The released images m_topK ⊙ x, (B, 3, H, W). The release needs no labels: ``labels`` is
