@@ -38,16 +38,20 @@ def test_nearest_upsampling_folds_into_a_phase_conv_exactly():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith(("anonymizer", "masker"))])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_apply_on_the_fastest_backend_matches_torch_within_one_level(name):
     reference = load_api(MODELS / name)  # plain torch, unfolded: what the audits measured
     fast = load_api(MODELS / name, fold_batch_norm=True, backend="auto")
-    assert fast.backend == reference.method.fastest_backend == "onnxruntime"
+    # anonymizers, maskers and the resize-conv concealer run on onnxruntime; the transposed-conv concealers on torch
+    wants_onnx = reference.method.name != "concealer" or reference.method.cfg.decoder_upsampling == "nearest"
+    assert fast.backend == reference.method.fastest_backend == ("onnxruntime" if wants_onnx else "torch")
+    assert (fast.onnx is not None) == wants_onnx
     images = faces(reference.image_size)
-    want, got = reference.apply(images).astype(int), fast.apply(images).astype(int)
+    options = {"as_": {"gender": "female"}} if reference.method.name == "concealer" else {}
+    want, got = reference.apply(images, **options).astype(int), fast.apply(images, **options).astype(int)
     assert got.shape == want.shape
     off = np.abs(got - want) > 1
-    if reference.method.name == "anonymizer":
+    if reference.method.name != "masker":
         assert not off.any()
     else:
         # The masker's top-K% is a hard selection: where two soft-mask values at the K% boundary differ by
@@ -68,6 +72,19 @@ def test_without_onnxruntime_apply_falls_back_to_torch(tiny_models, monkeypatch)
 
 def test_concealer_stays_on_torch(tiny_models):
     assert load_api(tiny_models["concealer"], fold_batch_norm=True, backend="auto").backend == "torch"
+
+
+def test_a_resize_conv_concealer_applies_on_onnxruntime_as_on_torch():
+    from conceal.data.synthetic import SYNTHETIC_SCHEMA
+    from conceal.methods.concealer import Concealer, ConcealerConfig, ConcealerNet
+
+    torch.manual_seed(0)
+    net = ConcealerNet(ConcealerConfig(latent=8, width=8, decoder_upsampling="nearest"), SYNTHETIC_SCHEMA, image_size=32).eval()
+    plain, fast = Concealer(copy.deepcopy(net)), Concealer(net, fold_batch_norm=True, backend="auto")
+    assert fast.backend == "onnxruntime" and fast.onnx is not None
+    images = faces(32, 6)
+    for as_ in ({}, {"gender": "female", "age": 40}):
+        assert np.abs(fast.apply(images, as_=as_).astype(int) - plain.apply(images, as_=as_).astype(int)).max() <= 1
 
 
 def test_tiny_anonymizer_rewrite_keeps_the_release(tiny_models):

@@ -58,7 +58,8 @@ class Method(nn.Module):
     audit: ClassVar[str]
     audit_release: ClassVar[str | None] = None
     # The inference backend `conceal apply` runs the release on when it is installed ("torch" or "onnxruntime"):
-    # whichever reached the higher share of the matmul peak in benchmarks/PROFILING.md's side-by-side runs.
+    # whichever reached the higher share of the matmul peak in benchmarks/PROFILING.md's side-by-side runs
+    # (a method whose answer depends on its config, like the concealer's decoder, makes it a property).
     fastest_backend: ClassVar[str] = "torch"
 
     def __init__(self, cfg, schema: LabelSchema, image_size: int):

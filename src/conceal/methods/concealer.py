@@ -176,6 +176,14 @@ class ConcealerNet(Method):
     audit = "conceal.audit.concealer:audit_concealer"
     audit_release = "conceal.audit.concealer:release_options"  # every face rendered as one fixed target
 
+    @property
+    def fastest_backend(self) -> str:
+        # Measured side by side (benchmarks/PROFILING.md §8, batch 256, 2 threads): the resize-conv decoder
+        # (decoder_upsampling = "nearest", the 128-px model) reads 73% of the matmul peak on onnxruntime against
+        # 49% on torch, which spends a quarter of its time writing the upsampled maps; the transposed-conv
+        # decoders of the 64-px models are faster on torch (§3-§7).
+        return "onnxruntime" if self.cfg.decoder_upsampling == "nearest" else "torch"
+
     def __init__(self, cfg: ConcealerConfig, schema: LabelSchema, image_size: int = 64):
         super().__init__(cfg, schema, image_size)
         depth = n_down(image_size)
@@ -486,6 +494,8 @@ class Concealer(ModelAPI):
         return self.decode(self.encode(images), as_)
 
     def apply(self, images: np.ndarray, as_: dict[str, Any] | None = None) -> np.ndarray:
+        if self.onnx is not None:  # the release graph (encode, then decode as the target) on onnxruntime
+            return self.apply_onnx(images, as_=as_ or {})
         return self.conceal(images, as_ or {})
 
     def check_options(self, as_: dict[str, Any] | None = None) -> None:
