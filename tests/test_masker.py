@@ -89,6 +89,31 @@ def test_obfuscator_step_changes_only_the_masker(synthetic_small):
     assert any(not torch.equal(v, classifier_before[k]) for k, v in method.classifier.state_dict().items())
 
 
+def test_obfuscator_task_weight_and_masker_lr_scale(synthetic_small):
+    batch = make_batch(synthetic_small, np.arange(32), torch.device("cpu"))
+
+    def obfuscator_logs(**overrides):
+        torch.manual_seed(0)
+        method = small_masker(synthetic_small.schema, **overrides).train()
+        optimizers = method.configure_optimizers(1e-2)
+        method.training_step(batch, optimizers, 0)
+        classifier_before = {k: v.clone() for k, v in method.classifier.state_dict().items()}
+        logs = method.training_step(batch, optimizers, 3)
+        assert all(torch.equal(v, classifier_before[k]) for k, v in method.classifier.state_dict().items())  # Φ frozen
+        return method, optimizers, logs
+
+    _, optimizers, plain = obfuscator_logs()
+    assert plain["loss"] == plain["uniform_ce"] and optimizers["masker"].param_groups[0]["lr"] == 1e-2
+    method, optimizers, mixed = obfuscator_logs(obfuscator_weight=0.5, obfuscator_task_weight=2.0, masker_lr_scale=0.1)
+    assert mixed["loss"] == pytest.approx(0.5 * mixed["uniform_ce"] + 2.0 * mixed["task_ce"], rel=1e-5)
+    assert optimizers["masker"].param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert optimizers["classifier"].param_groups[0]["lr"] == 1e-2
+    # the same first (predictor) step, so the logged terms differ only through the masker's slower first step
+    assert mixed["uniform_ce"] != plain["uniform_ce"]
+    with pytest.raises(ValueError):
+        small_masker(synthetic_small.schema, masker_lr_scale=0.0)
+
+
 def test_resume_reproduces_the_uninterrupted_run(synthetic_small, tmp_path):
     from safetensors.torch import load_file
 

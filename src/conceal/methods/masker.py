@@ -15,6 +15,8 @@ need is simply not released.
   obfuscator batch updates the masker only, on the cross-entropy between Φ(x_o) and the uniform
   distribution, so the mass of m outside the released pixels carries nothing Φ can use, which pushes
   the task information into the top K%. ``non_adversarial`` skips the obfuscator batch.
+  ``obfuscator_weight`` / ``obfuscator_task_weight`` add the task's CE to that batch's masker loss, and
+  ``masker_lr_scale`` slows the masker against Φ (defaults: the paper's rule, uniform term only, one lr).
 
 Choices the paper leaves open, made here:
 - Φ's softmax output is ``AttributeHeads`` over the task label: K logits for a categorical task, one
@@ -74,6 +76,13 @@ class MaskerConfig:
     masker_width: int = setting(16, at_least=1)  # channels of the U-Net's first level; doubles per level
     classifier_width: int = setting(32, at_least=1)  # channels of Φ's first conv block; doubles per block
     dense: int = setting(128, at_least=1)  # width of Φ's dense layer
+    # The obfuscator batch's masker loss: obfuscator_weight · CE(uniform, Φ(x_o)) + obfuscator_task_weight ·
+    # CE(Φ(x_p), y), Φ frozen. The defaults (1, 0) are the paper's (the uniform term alone); a task weight keeps the
+    # masker from trading the task away in that batch. With Adam one term's scale alone changes almost nothing:
+    # what counts is the ratio of the two.
+    obfuscator_weight: float = setting(1.0, at_least=0)
+    obfuscator_task_weight: float = setting(0.0, at_least=0)
+    masker_lr_scale: float = setting(1.0, above=0)  # the masker's learning rate = this x train.lr (Φ keeps train.lr)
 
     @classmethod
     def tiny(cls) -> "MaskerConfig":
@@ -243,6 +252,8 @@ class MaskerNet(Method):
             raise ValueError(f"masker keep must be in (0, 1], not {cfg.keep}")
         if cfg.predictor_steps < 1:
             raise ValueError(f"masker predictor_steps must be at least 1, not {cfg.predictor_steps}")
+        if cfg.obfuscator_weight < 0 or cfg.obfuscator_task_weight < 0 or cfg.masker_lr_scale <= 0:
+            raise ValueError("masker obfuscator weights must be at least 0 and masker_lr_scale above 0")
         self.task_label = resolve_task(schema, cfg.task)
         self.task = LabelSchema((self.task_label,))
         # What the masker hides: every label but the task (and the task's source, e.g. age for age
@@ -279,7 +290,7 @@ class MaskerNet(Method):
 
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {
-            "masker": torch.optim.Adam(self.masker.parameters(), lr=lr),
+            "masker": torch.optim.Adam(self.masker.parameters(), lr=lr * self.cfg.masker_lr_scale),
             "classifier": torch.optim.Adam(self.classifier.parameters(), lr=lr),
         }
 
@@ -289,14 +300,20 @@ class MaskerNet(Method):
         predictor_input, obfuscator_input = released * x, (mask - released) * x  # each (B, 3, H, W)
 
         if self.is_obfuscator_step(step):
+            cfg = self.cfg
             with frozen(self.classifier):
-                loss = uniform_cross_entropy(self.classifier(obfuscator_input)[self.cfg.task], self.task_label)
-                with torch.no_grad():
-                    task_ce = self.classifier.heads.losses(self.classifier(predictor_input), y)[self.cfg.task]
+                uniform_ce = uniform_cross_entropy(self.classifier(obfuscator_input)[cfg.task], self.task_label)
+                if cfg.obfuscator_task_weight > 0:  # the task term too, with its gradient into the masker
+                    task_ce = self.classifier.heads.losses(self.classifier(predictor_input), y)[cfg.task]
+                    loss = cfg.obfuscator_weight * uniform_ce + cfg.obfuscator_task_weight * task_ce
+                else:
+                    with torch.no_grad():
+                        task_ce = self.classifier.heads.losses(self.classifier(predictor_input), y)[cfg.task]
+                    loss = uniform_ce if cfg.obfuscator_weight == 1 else cfg.obfuscator_weight * uniform_ce
             optimizers["masker"].zero_grad(set_to_none=True)
             loss.backward()
             optimizers["masker"].step()
-            return {"loss": loss.item(), "task_ce": task_ce.item(), "uniform_ce": loss.item()}
+            return {"loss": loss.item(), "task_ce": task_ce.item(), "uniform_ce": uniform_ce.item()}
 
         with frozen(self.classifier), torch.no_grad():  # measured only, before Φ's BN sees this batch
             uniform_ce = uniform_cross_entropy(self.classifier(obfuscator_input)[self.cfg.task], self.task_label)
