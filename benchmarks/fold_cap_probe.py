@@ -13,12 +13,11 @@ import argparse
 import copy
 import os
 import statistics
-import time
 
 import torch
-from inference_backends import onnx_runner, torch_runner
+from inference_backends import onnx_runner, paired_rounds, torch_runner
 
-from conceal.bench import flops_per_image, matmul_burst
+from conceal.bench import flops_per_image
 from conceal.export import example_inputs
 from conceal.methods import blocks
 from conceal.train.checkpoint import load_model
@@ -52,20 +51,7 @@ def main() -> None:
         runners[f"torch, cap {cap}"] = torch_runner(folded(method, cap), inputs)
     for cap in (CAPS[0], CAPS[-1]):
         runners[f"onnxruntime, cap {cap}"] = onnx_runner(folded(method, cap), inputs)
-    flops = flops_per_image(method)
-    ratios: dict[str, list[float]] = {k: [] for k in runners}
-    seconds: dict[str, list[float]] = {k: [] for k in runners}
-    with torch.inference_mode():
-        for fn in runners.values():
-            fn()
-        for _ in range(args.rounds):
-            for name, fn in runners.items():
-                before = matmul_burst(2048, 0.25)
-                t0 = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t0
-                seconds[name].append(dt)
-                ratios[name].append(args.batch * flops / dt / 1e9 / ((before + matmul_burst(2048, 0.25)) / 2))
+    ratios, seconds = paired_rounds(runners, flops_per_image(method), args.batch, args.rounds)
     for name in runners:
         r = ratios[name]
         print(f"{name:24s} paired {100 * statistics.median(r):5.1f}% [{100 * min(r):.0f}-{100 * max(r):.0f}]  "

@@ -40,6 +40,25 @@ def torch_runner(method, inputs):
     return lambda: graph(*args)
 
 
+def paired_rounds(runners: dict, flops: float, batch: int, rounds: int, burst: float = 0.25) -> tuple[dict, dict]:
+    """Warm each runner up, then ``rounds`` rounds of every runner in turn, each call between two 2048² matmul
+    bursts -> (name -> paired efficiencies: the call's GFLOP/s over the bursts' mean, name -> seconds per call)."""
+    ratios: dict[str, list[float]] = {k: [] for k in runners}
+    seconds: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.inference_mode():
+        for fn in runners.values():
+            fn()
+        for _ in range(rounds):
+            for name, fn in runners.items():
+                before = matmul_burst(2048, burst)
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                seconds[name].append(dt)
+                ratios[name].append(batch * flops / dt / 1e9 / ((before + matmul_burst(2048, burst)) / 2))
+    return ratios, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
@@ -68,19 +87,7 @@ def main() -> None:
             runners = {k: v for k, v in runners.items() if k.endswith("fold_for_inference")
                        and k.startswith("onnxruntime" if method.fastest_backend == "onnxruntime" else "torch")}
         flops = flops_per_image(method)
-        ratios: dict[str, list[float]] = {k: [] for k in runners}
-        seconds: dict[str, list[float]] = {k: [] for k in runners}
-        with torch.inference_mode():
-            for fn in runners.values():
-                fn()
-            for _ in range(args.rounds):
-                for name, fn in runners.items():
-                    before = matmul_burst(2048, args.burst)
-                    t0 = time.perf_counter()
-                    fn()
-                    dt = time.perf_counter() - t0
-                    seconds[name].append(dt)
-                    ratios[name].append(args.batch * flops / dt / 1e9 / ((before + matmul_burst(2048, args.burst)) / 2))
+        ratios, seconds = paired_rounds(runners, flops, args.batch, args.rounds, args.burst)
         print(f"\n{path} ({flops / 1e6:.1f} MFLOPs / image)")
         for name in runners:
             r = ratios[name]
