@@ -346,3 +346,39 @@ def test_tradeoff_table_and_figure_over_an_alpha_beta_sweep(audited, tmp_path):
     assert len(lines) == 5 and lines[3].split(" | ")[3] == "0.900"
     assert tradeoff_figure(paths, tmp_path / "tradeoff.png") == "tradeoff.png"
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_anonymizer_frontier_script_reads_the_headlines_and_states_the_targets(tmp_path, monkeypatch):
+    """benchmarks/anonymizer_frontier.py on two hand-made reports: one meets issue 20's targets, one does not."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "anonymizer_frontier.py"
+    monkeypatch.syspath_prepend(str(script.parent))  # as when run as a script: benchmarks/sweep.py importable
+    spec = importlib.util.spec_from_file_location("anonymizer_frontier", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def report(name, g, images, judge_gender, verify):
+        def head(score):
+            return {"metric": "balanced_accuracy", "score": score, "ci95": [score - 0.03, score + 0.03], "chance": 0.5,
+                    "attacker": "codes:mlp-256"}
+        return {
+            "provenance": {"model": f"models/{name}", "model_config": {"variant": "aia", "critics": 4, "critics_weight": 2.0}},
+            "headline": {"codes": {"gender": head(g)}, "images": {"gender": head(images)}},
+            "public_model": {"releases": {"images": {"labels": {"gender": {"attackers": {
+                "cnn:from-scratch": {"test": {"balanced_accuracy": images}},
+                "judge:age-gender": {"test": {"balanced_accuracy": judge_gender}}}}}}}},
+            "verification": {"protocol": {"model": {"judge": {"accuracy": verify, "accuracy_std": 0.04},
+                                                    "siamese": {"accuracy": 0.7, "accuracy_std": 0.05}}}},
+        }
+
+    paths = []
+    for name, numbers in (("good", (0.55, 0.58, 0.59, 0.86)), ("leaky", (0.76, 0.85, 0.88, 0.857))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report(name, *numbers)))
+    module.main([str(p) for p in paths] + ["-o", str(tmp_path / "out" / "frontier")])
+    text = (tmp_path / "out" / "frontier.md").read_text()
+    good, leaky = [line for line in text.splitlines() if line.startswith("| `")]
+    assert "g met; images met (0.590); verification met" in good and "4 code critics × 2" in good
+    assert "g not met; images not met (0.880); verification met" in leaky  # the judge is the highest image attacker
+    assert "0.857 ± 0.040" in leaky and (tmp_path / "out" / "frontier.png").stat().st_size > 0
