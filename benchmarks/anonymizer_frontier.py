@@ -1,7 +1,7 @@
 """The anonymizers' privacy/utility frontier under the public-model threat model (issue 20), from audit reports.
 
 Usage: python benchmarks/anonymizer_frontier.py models/anonymizer-lfw*/audit/report.json runs/POINT/audit/report.json ...
-       [-o benchmarks/anonymizer_frontier]
+       [-o benchmarks/anonymizer_frontier] [--notes NOTES.md]   (NOTES.md: text placed after the figure)
 
 Each report.json is one `conceal audit --threat-model all` of an anonymizer on LFW's test split. Per model:
 gender leakage of g and of the released reconstructions (the public-model headline: the strongest attacker,
@@ -142,6 +142,15 @@ def frontier_figure(points: list[dict], path: Path) -> Path:
 
 
 def main(argv=None) -> None:
+    import sys
+
+    quoted = argv  # None: the command line, as run
+    argv = list(sys.argv[1:] if argv is None else argv)
+    notes = ""
+    if "--notes" in argv:
+        i = argv.index("--notes")
+        notes = Path(argv[i + 1]).read_text().strip() + "\n\n"
+        argv = argv[:i] + argv[i + 2:]
     args = compare_arguments(__doc__.splitlines()[0], "benchmarks/anonymizer_frontier", argv)
     points = [frontier_point(p) for p in args.reports]
     figure = frontier_figure(points, args.out.with_suffix(".png"))
@@ -149,8 +158,8 @@ def main(argv=None) -> None:
             __doc__.split("\n\n")[2].replace("\n", " "), "",
             f"Chance: 0.500 balanced accuracy for gender (LFW's test split is ~81% male; majority accuracy 0.811), 0.500 for "
             "verification (balanced pairs). ± is the std over the 10 pairs.txt folds.", "",
-            frontier_markdown(points).rstrip(), "", f"![frontier]({figure.name})", "",
-            f"Produced by `{invocation(__file__, argv)}`.", ""]
+            frontier_markdown(points).rstrip(), "", f"![frontier]({figure.name})", "", notes +
+            f"Produced by `{invocation(__file__, quoted)}`.", ""]
     args.out.with_suffix(".md").write_text("\n".join(text))
     print(f"wrote {args.out.with_suffix('.md')} and {figure}")
 
