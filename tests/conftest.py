@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,18 @@ def masker_run(tmp_path_factory) -> Path:
         "--size", "32", "--epochs", "1", "--batch-size", "32", "--set", "model.masker_width=4",
         "--set", "model.classifier_width=4", "--set", "model.dense=8", "--set", "train.threads=1",
     ])
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """name -> benchmarks/NAME.py imported as a module, as when run as a script (benchmarks/ importable, for sweep.py)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

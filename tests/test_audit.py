@@ -225,14 +225,8 @@ def test_leakage_sweep_figure_draws_only_what_varies(tmp_path):
         leakage_sweep_figure(paths, tmp_path / "x.png", by="width")
 
 
-def test_concealer_compare_script_writes_the_tables_and_figures(tmp_path, monkeypatch):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "concealer_compare.py"
-    monkeypatch.syspath_prepend(str(script.parent))  # as when run as a script: benchmarks/sweep.py importable
-    spec = importlib.util.spec_from_file_location("concealer_compare", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_concealer_compare_script_writes_the_tables_and_figures(tmp_path, benchmark_script):
+    module = benchmark_script("concealer_compare")
     paths = [_variant(tmp_path, "c100", latent=100, kl_weight=0.5), _variant(tmp_path, "c48", latent=48)]
     module.main([*map(str, paths), "-o", str(tmp_path / "out" / "compare")])
     text = (tmp_path / "out" / "compare.md").read_text()

@@ -5,7 +5,6 @@ comparison table, the identity judge's path)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,15 +254,9 @@ def test_compare_released_reads_every_part_and_marks_what_did_not_run(audited, t
 
 
 @pytest.mark.slow
-def test_anonymizer_compare_script_writes_both_tables(audited, tmp_path, monkeypatch):
-    import importlib.util
-
+def test_anonymizer_compare_script_writes_both_tables(audited, tmp_path, benchmark_script):
     path, _, _ = audited
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "anonymizer_compare.py"
-    monkeypatch.syspath_prepend(str(script.parent))  # as when run as a script: benchmarks/sweep.py importable
-    spec = importlib.util.spec_from_file_location("anonymizer_compare", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("anonymizer_compare")
     module.main([str(path.parent / "report.json"), "-o", str(tmp_path / "out" / "compare.md")])
     text = (tmp_path / "out" / "compare.md").read_text()
     assert "## The paper's Table 1" in text and "## What each model releases, read every way" in text
@@ -348,15 +341,9 @@ def test_tradeoff_table_and_figure_over_an_alpha_beta_sweep(audited, tmp_path):
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 
-def test_anonymizer_frontier_script_reads_the_headlines_and_states_the_targets(tmp_path, monkeypatch):
+def test_anonymizer_frontier_script_reads_the_headlines_and_states_the_targets(tmp_path, benchmark_script):
     """benchmarks/anonymizer_frontier.py on two hand-made reports: one meets issue 20's targets, one does not."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "anonymizer_frontier.py"
-    monkeypatch.syspath_prepend(str(script.parent))  # as when run as a script: benchmarks/sweep.py importable
-    spec = importlib.util.spec_from_file_location("anonymizer_frontier", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("anonymizer_frontier")
 
     def report(name, g, images, judge_gender, verify):
         def head(score):

@@ -221,12 +221,8 @@ def test_audit_sharpness_and_face_detector_measures():
     assert found.dtype == bool and found.shape == (3,) and not found.any()  # grey squares hold no face
 
 
-def test_frontier_plan_and_baselines(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("concealer_frontier", REPO / "benchmarks" / "concealer_frontier.py")
-    frontier = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frontier)
+def test_frontier_plan_and_baselines(tmp_path, benchmark_script):
+    frontier = benchmark_script("concealer_frontier")
     commands = frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60)
     assert len(commands) == 10 and commands[0][:3] == ["conceal", "train", "concealer"] and "model.critics_weight=0" in commands[0]
     assert commands[1][:2] == ["conceal", "audit"] and "public-model" in commands[1]
