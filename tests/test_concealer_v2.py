@@ -64,18 +64,32 @@ def test_patch_discriminator_shapes_gradients_and_losses():
     assert not torch.allclose(disc(real, cond)[0], disc(real, -cond)[0])
 
 
-def test_confusion_is_zero_at_a_uniform_guess_and_positive_when_the_critic_reads_the_label():
+def test_confusion_is_zero_at_the_prior_guess_and_positive_when_the_critic_reads_the_label():
     schema = UTKFACE_SCHEMA.subset(["age", "gender", "race"])
     heads = AttributeHeads(4, schema)
     y = labels(8)
-    blind = {"gender": torch.zeros(8, 1), "race": torch.zeros(8, 5),
-             "age": torch.logit((y["age"].mean() / 116).expand(8, 1))}  # mean-guess age (UTKFace age range 0..116)
+    gender_share = y["gender"].mean()
+    race_share = torch.nn.functional.one_hot(y["race"].long(), 5).float().mean(0)
+    # a blind critic: the batch's label frequencies for every row, whatever the face (UTKFace age range 0..116)
+    blind = {"gender": torch.logit(gender_share.clamp(1e-6, 1 - 1e-6)).expand(8, 1),
+             "race": race_share.clamp_min(1e-12).log().expand(8, 5), "age": torch.logit((y["age"].mean() / 116).expand(8, 1))}
     sure = {"gender": 20 * (y["gender"][:, None] * 2 - 1), "race": 20 * torch.nn.functional.one_hot(y["race"].long(), 5).float(),
             "age": torch.logit((y["age"] / 116).clamp(0.01, 0.99))[:, None]}
     for name, value in confusion_losses(heads, blind, y).items():
         assert abs(value.item()) < 1e-4, name
     for name, value in confusion_losses(heads, sure, y).items():
         assert value.item() > 0.5, name
+
+
+def test_confusion_does_not_push_a_blind_critic_on_an_imbalanced_label():
+    """LFW is ~81% male: a critic that predicts that prior reads nothing and scores 0; the uniform guess
+    (what the loss used to aim at) is not what a blind critic says, so it scores above 0."""
+    heads = AttributeHeads(4, UTKFACE_SCHEMA.subset(["gender"]))
+    y = {"gender": torch.tensor([0.0] * 13 + [1.0] * 3)}  # 19% positive
+    prior = {"gender": torch.logit(torch.tensor(3 / 16)).expand(16, 1)}
+    uniform = {"gender": torch.zeros(16, 1)}
+    assert abs(confusion_losses(heads, prior, y)["gender"].item()) < 1e-5
+    assert confusion_losses(heads, uniform, y)["gender"].item() > 0.1
 
 
 def test_hsic_sees_dependence_and_has_gradients():
