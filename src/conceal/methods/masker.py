@@ -303,13 +303,10 @@ class MaskerNet(Method):
             cfg = self.cfg
             with frozen(self.classifier):
                 uniform_ce = uniform_cross_entropy(self.classifier(obfuscator_input)[cfg.task], self.task_label)
-                if cfg.obfuscator_task_weight > 0:  # the task term too, with its gradient into the masker
+                with torch.set_grad_enabled(cfg.obfuscator_task_weight > 0):  # unweighted: measured only, no graph
                     task_ce = self.classifier.heads.losses(self.classifier(predictor_input), y)[cfg.task]
-                    loss = cfg.obfuscator_weight * uniform_ce + cfg.obfuscator_task_weight * task_ce
-                else:
-                    with torch.no_grad():
-                        task_ce = self.classifier.heads.losses(self.classifier(predictor_input), y)[cfg.task]
-                    loss = uniform_ce if cfg.obfuscator_weight == 1 else cfg.obfuscator_weight * uniform_ce
+                # with the defaults (1, 0) exactly the paper's loss: 1·u + 0·t == u in floating point
+                loss = cfg.obfuscator_weight * uniform_ce + cfg.obfuscator_task_weight * task_ce
             optimizers["masker"].zero_grad(set_to_none=True)
             loss.backward()
             optimizers["masker"].step()
