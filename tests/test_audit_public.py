@@ -97,6 +97,51 @@ def test_lfw_splits_never_put_a_person_on_two_sides():
     assert {s for splits in people.values() for s in splits} == {"train", "val", "test"}
 
 
+def test_an_imbalanced_leak_is_scored_by_the_balanced_decision_rule():
+    # A 9:1 label (LFW's gender is ~3:1) with a weak linear signal: a plain argmax says "majority" almost always
+    # (balanced accuracy near 0.5); an attacker scored by balanced accuracy decides by p(y|x) / p(y) and reads it.
+    rng = np.random.default_rng(3)
+    X, y = {}, {}
+    for split, rows in SIZES.items():
+        minority = rng.random(rows) < 0.1
+        X[split] = (rng.normal(size=(rows, 8)) + 1.2 * minority[:, None] * np.eye(8)[0]).astype(np.float32)
+        y[split] = minority.astype(np.float64)
+    result = attack_features(X, y, GENDER, seed=0, attackers=("logistic",))
+    balanced = result["attackers"]["logistic"]["test"]["balanced_accuracy"]
+    prior = np.bincount(y["train"].astype(int)) / len(y["train"])
+    plain = (result["_test_predictions"] * prior).argmax(1)  # undo the rule: the argmax of p(y|x) itself
+    plain_balanced = np.mean([np.mean(plain[y["test"] == k] == k) for k in (0, 1)])
+    assert balanced >= 0.64 and plain_balanced < 0.58, (balanced, plain_balanced)
+
+
+def test_balanced_decision_only_rescales_columns():
+    from conceal.audit.suite import balanced_decision
+
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=200)
+    q = balanced_decision(p, np.array([0] * 70 + [1] * 20 + [2] * 10, np.float64))
+    assert np.allclose(q.sum(1), 1)
+    assert np.allclose(q / q.sum(1, keepdims=True), (p * [1 / 0.7, 1 / 0.2, 1 / 0.1]) / (p * [1 / 0.7, 1 / 0.2, 1 / 0.1]).sum(1, keepdims=True))
+    assert (q.argmax(1) == 2).sum() > (p.argmax(1) == 2).sum()  # decisions move towards the rare classes
+
+
+def test_a_brightness_leak_that_hog_misses_is_found_on_hog_and_thumbnail_features():
+    # Images whose label is their overall brightness: HOG normalises contrast per block and drops it.
+    from conceal.audit.public import HOG_ATTACKERS, HOG_THUMBNAIL, hog_features, pca_features
+
+    rng = np.random.default_rng(0)
+    images, y = {}, {}
+    for split, rows in {"train": 400, "val": 120, "test": 200}.items():
+        label = rng.integers(0, 2, rows)
+        texture = rng.integers(0, 60, size=(rows, 32, 32, 3))
+        images[split] = np.clip(texture + 60 + 60 * label[:, None, None, None], 0, 255).astype(np.uint8)
+        y[split] = label.astype(np.float64)
+    hog_only = attack_features({s: hog_features(v) for s, v in images.items()}, y, GENDER, seed=0, attackers=HOG_ATTACKERS[:1])
+    both = attack_features(pca_features({s: hog_features(v, thumbnail=HOG_THUMBNAIL) for s, v in images.items()}, seed=0),
+                           y, GENDER, seed=0, attackers=HOG_ATTACKERS)
+    assert hog_only["attackers"]["linear"]["test"]["balanced_accuracy"] < 0.65
+    assert both["attackers"][both["strongest"]]["test"]["balanced_accuracy"] >= 0.95
+
+
 FAST = {"cnn_epochs": 1, "cnn_min_steps": 10, "learning_curve": False, "embed_train": 40, "embed_val": 20, "embed_test": 20}
 
 

@@ -94,7 +94,8 @@ def _hgb(label, seed, pca=None):
 def _svm(label, seed, C=1.0, pca=None):
     if label.kind == "continuous":
         return _scaled(_regressor(SVR(C=C, gamma="scale")), pca)
-    return _scaled(SVC(C=C, gamma="scale", random_state=seed), pca)
+    # Margins, not probabilities, so ``balanced_decision`` cannot re-weigh them: the classes are weighed in the fit.
+    return _scaled(SVC(C=C, gamma="scale", class_weight="balanced", random_state=seed), pca)
 
 
 def _knn(label, seed, k=20, pca=None):
@@ -151,6 +152,20 @@ def predict_scores(estimator, X: np.ndarray, label: Label) -> np.ndarray:
     return full
 
 
+def balanced_decision(probabilities: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities -> the same divided by the train labels' class frequencies (renormalised).
+
+    An attacker scored by balanced accuracy decides by argmax p(y | x) / p(y), the Bayes rule when every class
+    weighs the same; a plain argmax favours the majority class and under-reports leakage of imbalanced labels
+    (LFW gender is ~3:1 male). Each column is only scaled, so AUCs are unchanged. Classes absent from the train
+    labels keep their (zero) probability."""
+    y_train = np.asarray(y_train, np.float64)
+    counts = np.bincount(y_train[~np.isnan(y_train)].astype(int), minlength=probabilities.shape[1]).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 1.0)[: probabilities.shape[1]]
+    scaled = probabilities * weights
+    return scaled / np.maximum(scaled.sum(axis=1, keepdims=True), 1e-300)
+
+
 def score(y: np.ndarray, predicted: np.ndarray, label: Label) -> dict[str, float]:
     if label.kind == "continuous":
         return regression_metrics(y, predicted)
@@ -192,6 +207,13 @@ def _subsample(n: int, cap: int | None, seed: int) -> np.ndarray:
     if cap is None or n <= cap:
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, 11]).choice(n, size=cap, replace=False))
+
+
+def _decide(predicted: np.ndarray, estimator, y_train: np.ndarray, label: Label) -> np.ndarray:
+    """Class probabilities -> ``balanced_decision``; regressions and margins (the SVM's) unchanged."""
+    if label.kind == "continuous" or not hasattr(estimator, "predict_proba"):
+        return predicted
+    return balanced_decision(predicted, y_train)
 
 
 def _better(a: float, b: float, higher: bool) -> bool:
@@ -236,11 +258,11 @@ def attack_features(
             with warnings.catch_warnings():  # an MLP stopped by its iteration cap is still a fair attacker
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 estimator.fit(x_train[rows], y_train[rows] if label.kind == "continuous" else y_train[rows].astype(int))
-            val = score(y_val, predict_scores(estimator, x_val, label), label)
+            val = score(y_val, _decide(predict_scores(estimator, x_val, label), estimator, y_train[rows], label), label)
             if best is None or _better(val[metric], best[1][metric], higher):
                 best = (params, val, estimator)
         params, val, estimator = best
-        predicted = predict_scores(estimator, x_test, label)
+        predicted = _decide(predict_scores(estimator, x_test, label), estimator, y_train[rows], label)
         predictions[attacker.name] = predicted
         result["attackers"][attacker.name] = {
             "params": dict(params, **({"pca": pca} if pca else {})), "n_train": int(len(rows)),
