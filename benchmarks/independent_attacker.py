@@ -297,6 +297,7 @@ def main(argv=None) -> None:
     command = "python benchmarks/independent_attacker.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     lines += ["", f"Produced by `{command}`.", ""]
     out = Path(args.out).with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
     header = "# Independent attackers against the public-model headline\n\n" + __doc__.split("\n\n", 2)[2].replace("\n", " ") + "\n\n"
     previous = out.read_text() if out.exists() else header
     out.write_text(previous + "\n".join(lines) + "\n")
