@@ -142,6 +142,29 @@ def test_a_brightness_leak_that_hog_misses_is_found_on_hog_and_thumbnail_feature
     assert both["attackers"][both["strongest"]]["test"]["balanced_accuracy"] >= 0.95
 
 
+def test_the_dropout_mlp_reads_a_non_linear_age_and_is_seeded():
+    # The torch MLP with dropout (on released images' features, where scikit-learn's MLPs under-read the masker's age):
+    # near the noise MAE on a planted sign-pattern age, the same predictions for the same seed, and class labels
+    # that are not 0..K-1 come back as themselves.
+    from conceal.audit.suite import DROPOUT_MLP
+
+    rng = np.random.default_rng(4)
+    X, y = {}, {}
+    for split, rows in SIZES.items():
+        X[split] = rng.normal(size=(rows, 16)).astype(np.float32)
+        y[split] = 35 + 15 * np.tanh(X[split][:, 0] * X[split][:, 1]) + 6 * rng.normal(size=rows)
+    noise_mae = 6 * np.sqrt(2 / np.pi)
+    first = attack_features(X, y, AGE, seed=0, attackers=(DROPOUT_MLP, "logistic"))
+    again = attack_features(X, y, AGE, seed=0, attackers=(DROPOUT_MLP,))
+    mae, mean_guess = first["attackers"][DROPOUT_MLP.name]["test"]["mae"], first["chance"]
+    assert mae - noise_mae < 0.35 * (mean_guess - noise_mae) < first["attackers"]["logistic"]["test"]["mae"] - noise_mae, (mae, mean_guess)
+    assert again["attackers"][DROPOUT_MLP.name]["test"]["mae"] == mae
+    labels = np.where(X["train"][:, 0] > 0, 2, 0)
+    estimator = DROPOUT_MLP.build(GENDER, 0).fit(X["train"], labels)
+    assert list(estimator.classes_) == [0, 2] and set(estimator.predict(X["test"])) <= {0, 2}
+    assert np.mean(estimator.predict(X["test"]) == np.where(X["test"][:, 0] > 0, 2, 0)) > 0.9
+
+
 FAST = {"cnn_epochs": 1, "cnn_min_steps": 10, "learning_curve": False, "embed_train": 40, "embed_val": 20, "embed_test": 20}
 
 

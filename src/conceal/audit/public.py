@@ -31,7 +31,7 @@ from ..data.schema import Label, LabelSchema
 from .attackers import AttackCNN, compute_threads, images_to_tensor
 from .common import judge_name, sample_rows
 from .context import AuditContext
-from .suite import HOG_LINEAR, LIGHT, WIDE, attack_features, balanced_decision, chance_score, finish, primary_metric, primary_score, score
+from .suite import DROPOUT_MLP, HOG_LINEAR, LIGHT, WIDE, attack_features, balanced_decision, chance_score, finish, primary_metric, primary_score, score
 
 THREAT_MODEL = "public-model"
 ATTRIBUTES = ("gender", "race", "age")  # the sensitive attributes a headline is given for, where the data has them
@@ -39,7 +39,7 @@ CURVE_SIZES = (250, 1000, 4000)  # plus "all"
 RISING = {"balanced_accuracy": 0.01, "auc": 0.01, "mae": 0.1}  # gain from the previous size that counts as still rising
 CNN_SIZE = 32
 HOG_THUMBNAIL = 16  # the grey thumbnail beside HOG: 16 x 16 = 256 values
-HOG_ATTACKERS = (HOG_LINEAR, "mlp-512-256")  # on the PCA of HOG + thumbnail (already WIDE-d: no second PCA)
+HOG_ATTACKERS = (HOG_LINEAR, "mlp-512-256", DROPOUT_MLP)  # on the PCA of HOG + thumbnail (already WIDE-d: no second PCA)
 CNN_EPOCHS = 4  # over ~16k UTKFace train faces: 1,000 updates; more epochs cost minutes a model on a shared 2-core machine
 CNN_MIN_STEPS = 600
 CNN_MAX_EPOCHS = 40
