@@ -105,8 +105,8 @@ class DropoutMLP(BaseEstimator):
         X = torch.from_numpy(np.asarray(X, np.float32))  # (N, d)
         y = np.asarray(y)
         if self.continuous:
-            self._mean, self._std = float(y.mean()), float(y.std()) or 1.0
-            target = torch.from_numpy(((y - self._mean) / self._std).astype(np.float32))  # (N,)
+            self.mean_, self.std_ = float(y.mean()), float(y.std()) or 1.0
+            target = torch.from_numpy(((y - self.mean_) / self.std_).astype(np.float32))  # (N,)
             n_out = 1
             loss_fn = lambda out, t: torch.nn.functional.mse_loss(out[:, 0], t)
         else:
@@ -142,7 +142,8 @@ class DropoutMLP(BaseEstimator):
                 waited += 1
                 if waited >= self.patience:
                     break
-        net.load_state_dict(best_state)
+        if best_state is not None:  # None only if every held-out loss was NaN: keep the last weights
+            net.load_state_dict(best_state)
         self.net_ = net.eval()
         self.n_features_in_ = int(X.shape[1])
         return self
@@ -154,7 +155,7 @@ class DropoutMLP(BaseEstimator):
     def predict(self, X):
         out = self._forward(X)
         if self.continuous:
-            return out[:, 0].numpy().astype(np.float64) * self._std + self._mean
+            return out[:, 0].numpy().astype(np.float64) * self.std_ + self.mean_
         return self.classes_[out.argmax(1).numpy()]
 
     def predict_proba(self, X):
@@ -164,7 +165,7 @@ class DropoutMLP(BaseEstimator):
 
 
 def _dropout_mlp(label, seed, dropout=0.1, pca=None):
-    return _scaled(DropoutMLP(hidden=(384, 384, 384), dropout=dropout, continuous=label.kind == "continuous", seed=seed), pca)
+    return _scaled(DropoutMLP(dropout=dropout, continuous=label.kind == "continuous", seed=seed), pca)
 
 
 def _hgb(label, seed, pca=None):
