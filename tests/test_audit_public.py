@@ -191,12 +191,17 @@ def test_every_registered_method_gets_a_headline(name, tiny_models, tmp_path):
         if task:
             assert "ORIGINAL images (reference)" in (tmp_path / "report.md").read_text()
             assert "_test_predictions" not in json.dumps(report)
-        for h in by_attribute.values():
+        for attribute, h in by_attribute.items():
             assert {"metric", "score", "ci95", "chance", "attacker", "threat_model", "n_train", "n_test"} <= set(h)
             assert h["threat_model"] == "public-model" and h["n_train"] > h["n_test"] > 0
             lo, hi = h["ci95"]
             assert lo <= h["score"] <= hi
+            # the best single attacker chosen on the test split itself can only read more than the validation's choice
+            best = h["best_on_test"]
+            assert best["attacker"] in report["public_model"]["releases"][kind]["labels"][attribute]["attackers"]
+            assert (best["score"] >= h["score"]) if h["metric"] != "mae" else (best["score"] <= h["score"])
     assert (tmp_path / "report.md").read_text().startswith("# conceal audit\n\n## Headline")
+    assert "best on test (chosen on test)" in (tmp_path / "report.md").read_text()
     assert "test_halves" not in report and "code_leakage" not in report
     load = report["provenance"]["load"]  # the card quotes the wall time with the machine's load
     assert load["cpus"] >= 1 and (load["start"] is None or len(load["start"]) == 3)

@@ -567,6 +567,9 @@ def headline(section: dict, schema: LabelSchema, seed: int) -> dict:
                 "n_test": result["n_test"],
                 "role": section.get("roles", {}).get(name),
             }
+            best = result.get("max_on_test")
+            if best is not None:  # the selection's cost: a small validation split can pick a weaker attacker
+                out[kind][name]["best_on_test"] = {"attacker": best["attacker"], "score": best[metric]}
             reference = result.get("original")
             if reference is not None:  # a kept task: the same CNN on the originals
                 out[kind][name]["original"] = reference["test"][metric]
