@@ -37,7 +37,7 @@ def main(argv=None) -> None:
                  "--set", 'model.variant="aia"', "--set", f"model.alpha={alpha}", "--set", f"model.beta={beta}",
                  "--set", "model.pretrain_steps=0", "--set", "train.threads=1", "--set", "train.max_minutes=0", "--no-progress"]
         run_dir = Path(args.runs) / f"alpha{alpha:g}-beta{beta:g}"
-        reports.append(train_then_audit(run_dir, train, args.init_from, args.epochs, "lfw", args.root))
+        reports.append(train_then_audit(run_dir, train, args.init_from, args.epochs, "lfw", args.root, args.audit_options))
     out = Path(args.out)
     figure = tradeoff_figure(reports, out.with_suffix(".png"))
     write_sweep_report(

@@ -18,7 +18,17 @@ def sweep_arguments(description: str, epochs: int, runs: str, init_from: str, ou
     p.add_argument("--from", dest="init_from", default=init_from, help="model whose weights every point starts from")
     p.add_argument("--root", default=root, help="dataset root")
     p.add_argument("-o", "--out", default=out, help="OUT.md and OUT.png are written")
+    p.add_argument("--audit-options", default="", metavar="OPTIONS",
+                   help="more `conceal audit` options for every point, e.g. '--max-images 1000' (default: none)")
     return p
+
+
+def audit(model_dir: Path, out_dir: Path, dataset: str, root: str, options: str = "") -> Path:
+    """``conceal audit MODEL -o OUT`` (with the sweep's extra options) unless OUT/report.json exists; its path."""
+    report = out_dir / "report.json"
+    if not report.exists():
+        run(["conceal", "audit", str(model_dir), "--dataset", dataset, "--root", root, "-o", str(out_dir)] + shlex.split(options))
+    return report
 
 
 def run(cmd: list[str]) -> None:
@@ -26,7 +36,8 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: int, dataset: str, root: str) -> Path:
+def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: int, dataset: str, root: str,
+                     audit_options: str = "") -> Path:
     """``conceal train ... --epochs E -o run_dir`` starting from ``init_from``'s weights (or ``--resume`` of an
     interrupted run), then ``conceal audit``; a point whose audit/report.json exists is not redone. Returns
     the report's path."""
@@ -38,8 +49,7 @@ def train_then_audit(run_dir: Path, train: list[str], init_from: str, epochs: in
         run(train + ["--epochs", str(epochs), "-o", str(run_dir), "--init-from", init_from])
     elif json.loads(done.read_text()).get("epoch", 0) < epochs:
         run(train + ["--epochs", str(epochs), "-o", str(run_dir), "--resume"])
-    run(["conceal", "audit", str(run_dir / "checkpoint"), "--dataset", dataset, "--root", root, "-o", str(run_dir / "audit")])
-    return report
+    return audit(run_dir / "checkpoint", run_dir / "audit", dataset, root, audit_options)
 
 
 def write_sweep_report(out: Path, title: str, intro: str, body: str) -> None:

@@ -330,3 +330,19 @@ def test_audit_of_an_unregistered_method_is_a_one_line_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match="no audit for method 'pixelate' \\(registered methods: anonymizer, concealer, masker\\)"):
         run_audit(tmp_path, out=tmp_path / "report")
+
+
+def test_a_sweep_point_passes_its_audit_options_and_is_not_audited_twice(benchmark_script, tmp_path, monkeypatch):
+    sweep = benchmark_script("sweep")
+    calls = []
+    monkeypatch.setattr(sweep, "run", lambda cmd: calls.append(cmd))
+    report = sweep.audit(tmp_path / "model", tmp_path / "audit", "fer2013", "ROOT", "--max-images 1000 --seed 3")
+    assert report == tmp_path / "audit" / "report.json"
+    assert calls == [["conceal", "audit", str(tmp_path / "model"), "--dataset", "fer2013", "--root", "ROOT",
+                      "-o", str(tmp_path / "audit"), "--max-images", "1000", "--seed", "3"]]
+    report.parent.mkdir()
+    report.write_text("{}")
+    sweep.audit(tmp_path / "model", tmp_path / "audit", "fer2013", "ROOT", "--max-images 1000")
+    assert len(calls) == 1  # resumable: a point whose report exists is not redone
+    args = sweep.sweep_arguments("d", epochs=1, runs="r", init_from="m", out="o", root=None).parse_args([])
+    assert args.audit_options == ""
