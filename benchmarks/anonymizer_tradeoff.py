@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     for alpha, beta in points():
         train = ["conceal", "train", "anonymizer", "--config", f"{args.init_from}/config.toml",
                  "--set", 'model.variant="aia"', "--set", f"model.alpha={alpha}", "--set", f"model.beta={beta}",
-                 "--set", "model.pretrain_steps=0", "--set", "train.threads=1", "--set", "train.max_minutes=0", "--no-progress"]
+                 "--set", "model.pretrain_steps=0", "--set", "train.threads=1", "--no-progress"]
         run_dir = Path(args.runs) / f"alpha{alpha:g}-beta{beta:g}"
         reports.append(train_then_audit(run_dir, train, args.init_from, args.epochs, "lfw", args.root, args.audit_options))
     out = Path(args.out)

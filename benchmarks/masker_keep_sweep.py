@@ -41,7 +41,7 @@ def main(argv=None) -> None:
                else Path(args.init_from) / "audit" / "report.json"]
     for keep in args.keep:
         train = ["conceal", "train", "masker", "--config", f"{args.init_from}/config.toml", "--set", f"model.keep={keep}",
-                 "--set", "train.threads=1", "--set", "train.max_minutes=0", "--no-progress"]
+                 "--set", "train.threads=1", "--no-progress"]
         reports.append(train_then_audit(Path(args.runs) / f"keep{keep:g}", train, args.init_from, args.epochs, dataset, root,
                                         args.audit_options))
     out = Path(args.out)
