@@ -54,7 +54,7 @@ def headline_table(report_jsons: list[str | Path]) -> str:
                 rows.append([name, kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                              f"{num(h['score'])} [{num(lo)}, {num(hi)}]{bound}",
                              num(h["chance"]) + (f"; originals {num(h['original'])}" if h.get("original") is not None else ""), h["attacker"],
-                             f"{h['n_train']} / {h['n_test']}", best_on_test_words({"best_on_test": _best_on_test(report, kind, attribute, h)}),
+                             f"{h['n_train']} / {h['n_test']}", best_on_test_words(_best_on_test(report, kind, attribute, h)),
                              _test_halves_score(report, kind, attribute), wall])
         if not report.get("headline"):
             rows.append([name, "—", "—", "", "", "no public-model headline (audited before it existed)", "", "", "", "", "", wall])

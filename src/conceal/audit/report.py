@@ -388,16 +388,15 @@ def _headline(headline: dict) -> list[str]:
             extra = f"; originals {num(h['original'])}" if h.get("original") is not None else ""
             rows.append([kind, name, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                          f"**{num(h['score'])}** [{num(ci[0])}, {num(ci[1])}]{note}", num(h["chance"]) + extra, h["attacker"],
-                         f"{h['n_train']} / {h['n_test']}", best_on_test_words(h)])
+                         f"{h['n_train']} / {h['n_test']}", best_on_test_words(h.get("best_on_test"))])
     if not rows:
         return lines + ["No headline: nothing was measured under the public-model threat model.", ""]
     return lines + table(["release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
                           "best on test (chosen on test)"], rows) + [""]
 
 
-def best_on_test_words(h: dict) -> str:
+def best_on_test_words(best: dict | None) -> str:
     """A headline's best single attacker on the test split, "0.924 (hog+pixels:linear)", or "—" where not recorded."""
-    best = h.get("best_on_test")
     return "—" if not best else f"{num(best['score'])} ({best['attacker']})"
 
 
