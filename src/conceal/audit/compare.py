@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import METRIC_TITLES, best_on_test_words, num, table
+from .report import METRIC_TITLES, best_on_test, best_on_test_words, num, table
 
 HEADER = ["model", "release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
           "best on test (chosen on test)", "test-halves (data-poor)", "audit wall time"]
@@ -19,8 +19,7 @@ def _best_on_test(report: dict, kind: str, name: str, h: dict) -> dict | None:
     """The headline's best-on-test entry; reports written before the headline carried it keep it in their section."""
     if h.get("best_on_test"):
         return h["best_on_test"]
-    best = report.get("public_model", {}).get("releases", {}).get(kind, {}).get("labels", {}).get(name, {}).get("max_on_test")
-    return None if not best or h["metric"] not in best else {"attacker": best["attacker"], "score": best[h["metric"]]}
+    return best_on_test(report.get("public_model", {}).get("releases", {}).get(kind, {}).get("labels", {}).get(name, {}), h["metric"])
 
 
 def _test_halves_score(report: dict, kind: str, name: str) -> str:

@@ -31,6 +31,7 @@ from ..data.schema import Label, LabelSchema
 from .attackers import AttackCNN, compute_threads, images_to_tensor
 from .common import judge_name, sample_rows
 from .context import AuditContext
+from .report import best_on_test
 from .suite import DROPOUT_MLP, HOG_LINEAR, LIGHT, WIDE, attack_features, balanced_decision, chance_score, finish, primary_metric, primary_score, score
 
 THREAT_MODEL = "public-model"
@@ -567,9 +568,9 @@ def headline(section: dict, schema: LabelSchema, seed: int) -> dict:
                 "n_test": result["n_test"],
                 "role": section.get("roles", {}).get(name),
             }
-            best = result.get("max_on_test")
+            best = best_on_test(result, metric)
             if best is not None:  # the selection's cost: a small validation split can pick a weaker attacker
-                out[kind][name]["best_on_test"] = {"attacker": best["attacker"], "score": best[metric]}
+                out[kind][name]["best_on_test"] = best
             reference = result.get("original")
             if reference is not None:  # a kept task: the same CNN on the originals
                 out[kind][name]["original"] = reference["test"][metric]

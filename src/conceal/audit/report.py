@@ -395,6 +395,12 @@ def _headline(headline: dict) -> list[str]:
                           "best on test (chosen on test)"], rows) + [""]
 
 
+def best_on_test(result: dict, metric: str) -> dict | None:
+    """One label's best single attacker on the test split, {"attacker", "score"}, from its section's ``max_on_test``."""
+    best = result.get("max_on_test")
+    return None if not best or metric not in best else {"attacker": best["attacker"], "score": best[metric]}
+
+
 def best_on_test_words(best: dict | None) -> str:
     """A headline's best single attacker on the test split, "0.924 (hog+pixels:linear)", or "—" where not recorded."""
     return "—" if not best else f"{num(best['score'])} ({best['attacker']})"
