@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceal.audit.public import bootstrap_interval, merge
+from conceal.audit.public import _in_split, bootstrap_interval, ensembles, merge
 from conceal.audit.suite import ATTACKERS, attack_features
 from conceal.data.schema import AGE, GENDER
 
@@ -36,7 +36,7 @@ SIZES = {"train": 1500, "val": 300, "test": 500}
 ], ids=["sign-of-product", "norm"])
 def test_a_non_linear_leak_is_missed_by_linear_attackers_and_found_by_the_headline(leak):
     X, y = _splits(SIZES, 8, 0, leak)
-    result = merge({"codes": attack_features(X, y, GENDER, seed=0)})
+    result = merge({"codes": attack_features(X, y, GENDER, seed=0)}, GENDER)
     linear = result["attackers"]["codes:logistic"]["test"]["balanced_accuracy"]
     strongest = result["attackers"][result["strongest"]]["test"]["balanced_accuracy"]
     assert linear < 0.62, linear
@@ -47,7 +47,7 @@ def test_a_non_linear_leak_is_missed_by_linear_attackers_and_found_by_the_headli
 
 def test_independent_noise_stays_at_chance_with_an_interval_containing_it():
     X, y = _splits(SIZES, 8, 1, None)
-    result = merge({"codes": attack_features(X, y, GENDER, seed=0)})
+    result = merge({"codes": attack_features(X, y, GENDER, seed=0)}, GENDER)
     score = result["attackers"][result["strongest"]]["test"]["balanced_accuracy"]
     lo, hi = bootstrap_interval(result["_y_test"], result["_test_predictions"], GENDER, seed=0, resamples=200)
     assert score <= 0.55 and lo <= 0.5 <= hi, (result["strongest"], score, lo, hi)
@@ -56,8 +56,50 @@ def test_independent_noise_stays_at_chance_with_an_interval_containing_it():
 def test_the_strongest_attacker_is_chosen_on_validation_not_test():
     X, y = _splits(SIZES, 8, 0, lambda X: X[:, 0] * X[:, 1] > 0)
     result = attack_features(X, y, GENDER, seed=0)
-    val = {name: entry["val"]["balanced_accuracy"] for name, entry in result["attackers"].items()}
-    assert result["strongest"] == max(val, key=val.get)
+    val = {name: entry["val"]["auc"] for name, entry in result["attackers"].items()}  # binary labels: chosen by AUC
+    assert result["strongest"] == max(val, key=val.get) and result["selected_by"] == "auc"
+
+
+def test_an_ensemble_of_two_inputs_reads_what_each_reads_half_of_and_lines_up_sampled_rows():
+    """Gender from two independent halves of the evidence, one per input (as HOG and the face embedding each carry
+    part of a face's): each input's strongest alone reads ~0.75, their soft vote more, and it is the headline. The
+    second input scored a sample of each split (as the face-embedding attackers do): the ensemble scores only the
+    faces both saw, lined up by their row in the split. On masker-lfw-gender-nonadv's images the best two inputs'
+    average read 0.930 where each alone read 0.865 and 0.924."""
+    rng = np.random.default_rng(5)
+    sizes = {"train": 2000, "val": 400, "test": 800}
+    a = {s: rng.normal(size=n) for s, n in sizes.items()}
+    b = {s: rng.normal(size=n) for s, n in sizes.items()}
+    y = {s: ((a[s] + b[s]) > 0).astype(np.float64) for s in sizes}
+    def features(v, s):  # the half of the evidence plus noise dimensions
+        return np.column_stack([v[s] + 0.3 * rng.normal(size=len(v[s])), rng.normal(size=(len(v[s]), 3))]).astype(np.float32)
+    first = attack_features({s: features(a, s) for s in sizes}, y, GENDER, seed=0, attackers=("logistic",))
+    rows = {s: np.sort(rng.choice(n, size=n * 3 // 4, replace=False)) for s, n in sizes.items()}
+    second = _in_split(attack_features({s: features(b, s)[rows[s]] for s in sizes}, {s: y[s][rows[s]] for s in sizes},
+                                       GENDER, seed=0, attackers=("logistic",)), rows)
+    result = merge({"first": first, "second": second}, GENDER)
+    singles = [result["attackers"][f"{n}:logistic"]["test"]["balanced_accuracy"] for n in ("first", "second")]
+    ensemble = result["attackers"]["ensemble:top-2"]
+    assert max(singles) < 0.8 and ensemble["test"]["balanced_accuracy"] > max(singles) + 0.05, (singles, ensemble)
+    assert result["strongest"] == "ensemble:top-2" and ensemble["n_test"] == len(rows["test"]) == len(result["_y_test"])
+    assert np.array_equal(result["_y_test"], y["test"][rows["test"]])
+    assert sorted(ensemble["params"]["members"]) == ["first:logistic", "second:logistic"]
+
+
+def test_an_attacker_below_chance_on_validation_is_no_ensemble_member():
+    """An off-the-shelf judge can read masked faces upside down (AUC < 0.5): averaging it in only adds noise."""
+    rng = np.random.default_rng(2)
+    y = {s: rng.integers(0, 2, n).astype(np.float64) for s, n in (("val", 300), ("test", 300))}
+    def member(sign):  # class probabilities that follow (sign +1) or oppose (-1) the labels
+        def p(split):
+            p1 = 1 / (1 + np.exp(-sign * (2 * y[split] - 1 + rng.normal(size=len(y[split])))))
+            return np.column_stack([1 - p1, p1])
+        val = p("val")
+        return {"_val_predictions": val, "_test_predictions": p("test"), "_y_val": y["val"], "_y_test": y["test"],
+                "_index": {s: np.arange(len(y[s])) for s in y}, "n_train": 100,
+                "val": {"auc": float(np.mean(val[y["val"] == 1, 1][:, None] > val[y["val"] == 0, 1][None, :]))}}
+    entries, _ = ensembles({"a:logistic": member(1), "b:cnn": member(1), "judge:age-gender": member(-1)}, GENDER, 0.5)
+    assert list(entries) == ["ensemble:top-2"] and "judge:age-gender" not in entries["ensemble:top-2"]["params"]["members"]
 
 
 def test_a_noisy_non_linear_age_is_read_near_the_truth_with_mlps_whose_penalty_is_chosen_on_validation():
@@ -73,7 +115,7 @@ def test_a_noisy_non_linear_age_is_read_near_the_truth_with_mlps_whose_penalty_i
         X[split] = rng.normal(size=(rows, 16)).astype(np.float32)
         y[split] = 35 + 15 * np.tanh(X[split][:, 0] * X[split][:, 1]) + 6 * rng.normal(size=rows)
     noise_mae = 6 * np.sqrt(2 / np.pi)  # E|noise|: no attacker can do better on average
-    result = merge({"codes": attack_features(X, y, AGE, seed=0)})
+    result = merge({"codes": attack_features(X, y, AGE, seed=0)}, AGE)
     mean_guess = result["chance"]
     strongest = result["attackers"][result["strongest"]]["test"]["mae"]
     assert result["attackers"]["codes:logistic"]["test"]["mae"] > mean_guess - 0.3
@@ -111,7 +153,7 @@ def test_an_imbalanced_leak_is_scored_by_the_balanced_decision_rule():
     prior = np.bincount(y["train"].astype(int)) / len(y["train"])
     plain = (result["_test_predictions"] * prior).argmax(1)  # undo the rule: the argmax of p(y|x) itself
     plain_balanced = np.mean([np.mean(plain[y["test"] == k] == k) for k in (0, 1)])
-    assert balanced >= 0.64 and plain_balanced < 0.58, (balanced, plain_balanced)
+    assert balanced >= 0.64 and plain_balanced < 0.6 and balanced - plain_balanced > 0.05, (balanced, plain_balanced)
 
 
 def test_balanced_decision_only_rescales_columns():

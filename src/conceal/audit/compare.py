@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .report import METRIC_TITLES, best_on_test, best_on_test_words, num, table
+from .report import METRIC_TITLES, best_on_test, best_on_test_words, headline_attacker, num, table
 
 HEADER = ["model", "release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
           "best on test (chosen on test)", "test-halves (data-poor)", "audit wall time"]
@@ -52,7 +52,7 @@ def headline_table(report_jsons: list[str | Path]) -> str:
                 bound = " (lower bound)" if h.get("lower_bound") else ""
                 rows.append([name, kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                              f"{num(h['score'])} [{num(lo)}, {num(hi)}]{bound}",
-                             num(h["chance"]) + (f"; originals {num(h['original'])}" if h.get("original") is not None else ""), h["attacker"],
+                             num(h["chance"]) + (f"; originals {num(h['original'])}" if h.get("original") is not None else ""), headline_attacker(h),
                              f"{h['n_train']} / {h['n_test']}", best_on_test_words(_best_on_test(report, kind, attribute, h)),
                              _test_halves_score(report, kind, attribute), wall])
         if not report.get("headline"):
@@ -62,12 +62,15 @@ def headline_table(report_jsons: list[str | Path]) -> str:
 
 ATTACKER_WORDS = {"mlp-512-256": "MLP 512-256", "mlp-256": "MLP 256", "svm-rbf": "RBF-SVM", "hgb": "gradient boosting", "knn": "kNN",
                   "logistic": "logistic regression", "linear": "linear", "from-scratch": "from-scratch CNN", "age-gender": "age/gender judge"}
-INPUT_WORDS = {"codes": "codes", "cnn": "pixels", "hog": "HOG", "re-encoded": "re-encoded codes", "judge": "off-the-shelf judge",
+INPUT_WORDS = {"codes": "codes", "cnn": "pixels", "hog": "HOG", "hog+pixels": "HOG + thumbnail", "re-encoded": "re-encoded codes", "judge": "off-the-shelf judge",
                "face-embedding": "face embeddings"}
 
 
-def attacker_words(full: str) -> str:
-    """"codes:mlp-512-256" -> "codes + MLP 512-256" (the attacker column of a card)."""
+def attacker_words(full: str, members: list[str] | None = None) -> str:
+    """"codes:mlp-512-256" -> "codes + MLP 512-256" (the attacker column of a card); an ensemble with its
+    ``members`` -> "average of (HOG + linear, pixels + from-scratch CNN)"."""
+    if members:
+        return "average of (" + ", ".join(attacker_words(m) for m in members) + ")"
     if ":" not in full:
         return full
     source, attacker = full.split(":", 1)
@@ -100,7 +103,7 @@ def card_section(report_json: str | Path, title: str | None = None) -> str:
             extra = f"; originals {num(h['original'])}" if "original" in h else ""
             rows.append([kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                          f"**{num(h['score'], digits)}** [{num(lo, digits)}, {num(hi, digits)}]{bound}", _chance_words(h) + extra,
-                         attacker_words(h["attacker"]), f"{h['n_train']:,} / {h['n_test']:,}"])
+                         attacker_words(h["attacker"], h.get("members")), f"{h['n_train']:,} / {h['n_test']:,}"])
     lines += table(["release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces"], rows) + [""]
     for kind, release in section.get("releases", {}).items():
         for name, curve in release.get("learning_curve", {}).items():

@@ -32,7 +32,8 @@ from .attackers import AttackCNN, compute_threads, images_to_tensor
 from .common import judge_name, sample_rows
 from .context import AuditContext
 from .report import best_on_test
-from .suite import DROPOUT_MLP, HOG_LINEAR, LIGHT, WIDE, attack_features, balanced_decision, chance_score, finish, primary_metric, primary_score, score
+from .suite import (DROPOUT_MLP, HOG_LINEAR, LIGHT, WIDE, attack_features, balanced_decision, chance_score, finish, primary_metric,
+                    primary_score, score, selection_key, selection_metric)
 
 THREAT_MODEL = "public-model"
 ATTRIBUTES = ("gender", "race", "age")  # the sensitive attributes a headline is given for, where the data has them
@@ -199,12 +200,14 @@ def _scored(label: Label, y: dict[str, np.ndarray], predictions: dict[str, np.nd
     if balanced and label.kind != "continuous":
         predictions = {split: (None if v is None else balanced_decision(v, train)) for split, v in predictions.items()}
     test_predictions = predictions["test"][known["test"]]
+    val_predictions = None if predictions.get("val") is None else predictions["val"][known["val"]]
     entry = {"params": {}, "n_train": n_train, "test": score(y_test, test_predictions, label), "seconds": round(seconds, 1)}
-    if predictions.get("val") is not None:
-        entry["val"] = score(y_val, predictions["val"][known["val"]], label)
+    if val_predictions is not None:
+        entry["val"] = score(y_val, val_predictions, label)
     result = {"metric": metric, "higher_is_more_leakage": higher, "chance": chance_score(label, train, y_test),
               "n_train": n_train, "n_val": int(known["val"].sum()), "n_test": len(y_test), "attackers": {name: entry}}
-    return finish(result, {name: test_predictions}, y_test, higher, metric)
+    return finish(result, {name: {"val": val_predictions, "test": test_predictions}}, {"val": y_val, "test": y_test},
+                  {split: np.flatnonzero(known[split]) for split in ("val", "test")}, label)
 
 
 def _judge_readings(judge, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -234,9 +237,69 @@ def _judge_predictions(judged: dict[str, np.ndarray], label: Label) -> np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
-def merge(inputs: dict[str, dict]) -> dict:
+def _in_split(result: dict, rows: dict[str, np.ndarray]) -> dict:
+    """A result on sampled rows of each split -> its row index ("_index") in the whole split."""
+    if "_index" in result:
+        result["_index"] = {split: np.asarray(rows[split])[index] for split, index in result["_index"].items()}
+    return result
+
+
+def _as_probabilities(predicted: np.ndarray) -> np.ndarray:
+    """(N, K) class scores -> rows that sum to one: probabilities as they are, margins (the SVM's; -inf for classes
+    it never saw) through a softmax, so that members of an ensemble weigh alike."""
+    finite = np.isfinite(predicted)
+    if finite.all() and (predicted >= 0).all() and np.allclose(predicted.sum(axis=1), 1.0, atol=1e-6):
+        return predicted
+    shifted = np.where(finite, predicted, -np.inf)
+    shifted = np.exp(shifted - np.max(shifted, axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def ensembles(members: dict[str, dict], label: Label, chance: float) -> tuple[dict, dict]:
+    """Soft-voting ensembles of the inputs' strongest attackers, ranked by validation score (``selection_metric``):
+    the best two, the best three, ... each averaging its members' class probabilities (or age predictions) on the
+    faces all of them scored. Why: attackers that read different features (pixels, HOG, face embeddings) each
+    miss part of what the others read, and an average of them is a stronger attacker than any one: on
+    masker-lfw-gender-nonadv's images the best two read 0.930 where each alone read 0.865 and 0.924. Members must
+    beat chance on validation (an inverted judge only adds noise). ``members``: "input:attacker" -> result of
+    ``suite.finish`` with that attacker's "val" scores and "n_train". Returns (attacker entries, their working
+    arrays: name -> {"_test_predictions", "_y_test"})."""
+    select, higher = selection_metric(label)
+    floor = 0.5 if select in ("auc", "balanced_accuracy") and label.kind != "continuous" else chance  # MAE: the mean guess
+    usable = {n: r for n, r in members.items() if r.get("_val_predictions") is not None and r.get("val")
+              and np.isfinite(r["val"].get(select, np.nan)) and (r["val"][select] > floor if higher else r["val"][select] < floor)}
+    ranked = sorted(usable, key=lambda n: selection_key(usable[n], select, higher), reverse=True)
+    entries, arrays = {}, {}
+    for k in range(2, len(ranked) + 1):
+        chosen = ranked[:k]
+        entry, working = {"params": {"members": chosen}, "n_train": max(usable[n]["n_train"] for n in chosen), "seconds": 0.0}, {}
+        for split in ("val", "test"):
+            common = usable[chosen[0]]["_index"][split]
+            for n in chosen[1:]:
+                common = np.intersect1d(common, usable[n]["_index"][split])
+            if len(common) < 8:
+                break
+            parts, y = [], None
+            for n in chosen:
+                r = usable[n]
+                at = np.searchsorted(r["_index"][split], common)  # indices are sorted (np.flatnonzero of sorted rows)
+                predicted = r[f"_{split}_predictions"][at]
+                parts.append(predicted if label.kind == "continuous" else _as_probabilities(predicted))
+                y = r[f"_y_{split}"][at]
+            averaged = np.mean(parts, axis=0)
+            entry[split] = score(y, averaged, label)
+            working[split] = (averaged, y, common)
+        else:
+            name = f"ensemble:top-{k}"
+            entries[name] = entry | {"n_test": int(len(working["test"][2]))}
+            arrays[name] = {"_test_predictions": working["test"][0], "_y_test": working["test"][1]}
+    return entries, arrays
+
+
+def merge(inputs: dict[str, dict], label: Label) -> dict:
     """Results of several inputs (codes, hog, cnn, judge ...) for one label -> one result whose attackers are
-    named "input:attacker"; the strongest over all of them (validation score first) is named again."""
+    named "input:attacker", with ensembles of the inputs' strongest where there are two or more (``ensembles``);
+    the strongest over all of them (validation score first, ``selection_metric``) is named again."""
     kept = {name: r for name, r in inputs.items() if "skipped" not in r}
     if not kept:
         return {"skipped": "; ".join(f"{k}: {r['skipped']}" for k, r in inputs.items()) or "nothing to attack"}
@@ -252,15 +315,18 @@ def merge(inputs: dict[str, dict]) -> dict:
             merged["attackers"][f"{name}:{attacker}"] = entry | {"n_test": r["n_test"]}
         predictions[f"{name}:{r['strongest']}"] = r["_test_predictions"]
         y_tests[f"{name}:{r['strongest']}"] = r["_y_test"]
+    if len(kept) > 1:
+        members = {f"{name}:{r['strongest']}": r | {"val": r["attackers"][r["strongest"]].get("val"),
+                                                    "n_train": r["attackers"][r["strongest"]]["n_train"]} for name, r in kept.items()}
+        entries, arrays = ensembles(members, label, merged["chance"])
+        merged["attackers"].update(entries)
+        for name, working in arrays.items():
+            predictions[name], y_tests[name] = working["_test_predictions"], working["_y_test"]
 
-    def key(full):
-        entry = merged["attackers"][full]
-        v = (entry.get("val") or {}).get(metric)
-        v = v if v is not None and np.isfinite(v) else entry["test"][metric]
-        return v if higher else -v
-
-    strongest = max(predictions, key=key)  # each input's strongest competes
+    select, select_higher = selection_metric(label)
+    strongest = max(predictions, key=lambda full: selection_key(merged["attackers"][full], select, select_higher))  # each input's strongest competes
     merged["strongest"] = strongest
+    merged["selected_by"] = select
     merged["n_train"] = merged["attackers"][strongest]["n_train"]
     merged["n_test"] = merged["attackers"][strongest]["n_test"]
     merged["_test_predictions"], merged["_y_test"] = predictions[strongest], y_tests[strongest]
@@ -431,7 +497,7 @@ def public_model(ctx: AuditContext, options: dict | None = None) -> dict:
         if "codes" in ctx.releases_kinds:
             codes = timed("encode", lambda: {s: ctx.released(s, "codes") for s in ("train", "val", "test")})
             by_label = timed("codes", lambda: _attack_codes(ctx, codes, labels))
-            section["releases"]["codes"] = {"labels": {n: merge({"codes": r}) for n, r in by_label.items()}}
+            section["releases"]["codes"] = {"labels": {label.name: merge({"codes": by_label[label.name]}, label) for label in labels}}
             if options.get("learning_curve", True):
                 section["releases"]["codes"]["learning_curve"] = timed("codes_curve", lambda: {
                     label.name: learning_curve(codes, _ys(ctx, label.name), label, by_label[label.name]["strongest"], ctx.seed, by_label[label.name])
@@ -519,8 +585,8 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
                 ys = _ys(ctx, label.name, rows)
                 predictions = {s: _judge_predictions(outputs[s], label) for s in ("val", "test")}
                 if predictions["test"] is not None:
-                    inputs[label.name]["judge"] = _scored(label, ys, predictions, ys["train"], "age-gender", 0, time.perf_counter() - start,
-                                                          balanced=False)
+                    inputs[label.name]["judge"] = _in_split(_scored(label, ys, predictions, ys["train"], "age-gender", 0,
+                                                                    time.perf_counter() - start, balanced=False), rows)
         timed("judge", judged)
     if objects.get("face_embedding") is not None and options.get("embedding", True):
         def embedding():
@@ -529,10 +595,10 @@ def _image_release(ctx: AuditContext, labels: list[Label], options: dict, timing
             samples["face-embedding"] = {s: int(len(rows[s])) for s in splits} | {"of": {s: len(ctx.split(s)) for s in splits}}
             features = {s: ctx.embed(s, "released", rows[s]) for s in splits}
             for label in labels:
-                inputs[label.name]["face-embedding"] = attack_features(features, _ys(ctx, label.name, rows), label, ctx.seed,
-                                                                       attackers=("logistic", "mlp-256", "svm-rbf", "knn"), log=log)
+                inputs[label.name]["face-embedding"] = _in_split(attack_features(features, _ys(ctx, label.name, rows), label, ctx.seed,
+                                                                                 attackers=("logistic", "mlp-256", "svm-rbf", "knn"), log=log), rows)
         timed("embedding", embedding)
-    merged = {name: merge(by_input) for name, by_input in inputs.items()}
+    merged = {label.name: merge(inputs[label.name], label) for label in labels}
     for name, reference in references.items():
         if "skipped" not in merged[name] and "skipped" not in reference:
             merged[name]["original"] = {"attacker": "cnn:from-scratch", **reference["attackers"]["from-scratch"],
@@ -568,6 +634,9 @@ def headline(section: dict, schema: LabelSchema, seed: int) -> dict:
                 "n_test": result["n_test"],
                 "role": section.get("roles", {}).get(name),
             }
+            members = result["attackers"][strongest].get("params", {}).get("members")
+            if members:  # an ensemble (``ensembles``): which attackers it averages
+                out[kind][name]["members"] = members
             best = best_on_test(result, metric)
             if best is not None:  # the selection's cost: a small validation split can pick a weaker attacker
                 out[kind][name]["best_on_test"] = best

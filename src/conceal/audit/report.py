@@ -387,12 +387,17 @@ def _headline(headline: dict) -> list[str]:
             note = " (lower bound: still rising with more training faces)" if h.get("lower_bound") else ""
             extra = f"; originals {num(h['original'])}" if h.get("original") is not None else ""
             rows.append([kind, name, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
-                         f"**{num(h['score'])}** [{num(ci[0])}, {num(ci[1])}]{note}", num(h["chance"]) + extra, h["attacker"],
+                         f"**{num(h['score'])}** [{num(ci[0])}, {num(ci[1])}]{note}", num(h["chance"]) + extra, headline_attacker(h),
                          f"{h['n_train']} / {h['n_test']}", best_on_test_words(h.get("best_on_test"))])
     if not rows:
         return lines + ["No headline: nothing was measured under the public-model threat model.", ""]
     return lines + table(["release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
                           "best on test (chosen on test)"], rows) + [""]
+
+
+def headline_attacker(h: dict) -> str:
+    """A headline's attacker as a table cell: its name, and an ensemble's members after it."""
+    return h["attacker"] + (f" ({', '.join(h['members'])})" if h.get("members") else "")
 
 
 def best_on_test(result: dict, metric: str) -> dict | None:
