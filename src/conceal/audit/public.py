@@ -4,8 +4,8 @@ It holds the released model (its weights are public) and a labelled face set of 
 *train* split's faces through the model, trains many attackers on those releases with their labels, picks
 hyper-parameters on the *validation* split's releases, and is scored on the releases of the *test* split,
 faces it never saw (LFW: split by person, so never a person it saw either). The headline of a release kind
-and attribute is its strongest attacker (best validation score) with a bootstrap 95% interval over the
-test faces. A learning curve retrains that attacker on 250 / 1k / 4k / all train faces: when the score
+and attribute is its strongest attacker (best validation score; binary labels by AUC, see
+``suite.selection_metric``) with a bootstrap 95% interval over the test faces. A learning curve retrains that attacker on 250 / 1k / 4k / all train faces: when the score
 still rises at the largest size, the headline is a lower bound on what a larger face set would read.
 
 Attackers per release:
@@ -14,6 +14,7 @@ Attackers per release:
   the linear attacker and the deep MLP, the
   off-the-shelf age/gender judge (no training), the face-embedding judge's 128-d embeddings + the suite,
   and (for a method that also releases codes) the public model's codes of the released images + the suite;
+  then soft-voting ensembles of those inputs' strongest (``ensembles``);
 - identity (data with identities): re-identification of released faces against one original per person.
 """
 
@@ -52,7 +53,8 @@ EMBED_TRAIN, EMBED_VAL, EMBED_TEST = 2000, 300, 1500
 BOOTSTRAP_RESAMPLES = 1000
 JUDGE_VAL = 500  # validation faces the off-the-shelf judge reads (~15 ms each)
 DESCRIPTION = ("attackers trained on the releases of the whole train split with its labels, hyper-parameters and the "
-               "strongest attacker chosen on the validation split only, scored on the releases of the test split")
+               "strongest attacker chosen on the validation split only (binary labels by AUC), scored on the releases of the "
+               "test split; on released images, averages of the inputs' strongest attackers compete too")
 
 
 # --------------------------------------------------------------------------------------------------
