@@ -93,7 +93,7 @@ def card_section(report_json: str | Path, title: str | None = None) -> str:
     capped = " (a seeded sample of the train split: `--max-train`)" if p.get("max_train") else " (the whole train split)"
     lines += [f"Attackers are trained on the releases of **{splits.get('train', 0):,} train faces**{capped} with their labels, chosen on "
               f"{splits.get('val', 0):,} validation faces, scored once on the test faces; the score is the strongest attacker's "
-              "(chosen on validation) with a 95% bootstrap interval over test faces.", ""]
+              "(chosen on validation; binary labels by AUC) with a 95% bootstrap interval over test faces.", ""]
     rows = []
     for kind, by_attribute in headline.items():
         for attribute, h in by_attribute.items():
