@@ -247,8 +247,8 @@ def _in_split(result: dict, rows: dict[str, np.ndarray]) -> dict:
 
 
 def _as_probabilities(predicted: np.ndarray) -> np.ndarray:
-    """(N, K) class scores -> rows that sum to one: probabilities as they are, margins (the SVM's; -inf for classes
-    it never saw) through a softmax, so that members of an ensemble weigh alike."""
+    """(N, K) class scores -> rows that sum to one: probabilities as they are, margins (an estimator without
+    predict_proba; -inf for classes it never saw) through a softmax, so that members of an ensemble weigh alike."""
     finite = np.isfinite(predicted)
     if finite.all() and (predicted >= 0).all() and np.allclose(predicted.sum(axis=1), 1.0, atol=1e-6):
         return predicted
