@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conceal.audit.public import _in_split, bootstrap_interval, ensembles, merge
-from conceal.audit.suite import ATTACKERS, attack_features
+from conceal.audit.suite import ATTACKERS, DROPOUT_MLP, HOG_LINEAR, attack_features
 from conceal.data.schema import AGE, GENDER
 
 from conftest import SHARED
@@ -299,3 +299,13 @@ def test_judges_read_each_distinct_image_once_per_audit():
     assert reader.read == 3 and "face_found" not in a and np.array_equal(a["age"], b["age"])
     assert "face_found" in reader.predict(images[:3]) and reader.read == 6  # another option is another reading
     assert "find_faces" in inspect.signature(reader.predict).parameters
+
+
+@pytest.mark.parametrize("attacker", [*ATTACKERS, HOG_LINEAR, DROPOUT_MLP], ids=lambda a: a.name)
+def test_every_classifier_of_the_suite_gives_probabilities_for_the_balanced_decision(attacker):
+    """Attackers are chosen by AUC and scored by balanced accuracy at the balanced decision rule's operating point,
+    which needs probabilities: an RBF-SVM that gave margins (thresholded at 0) ranked best and decided badly."""
+    X, y = _splits({"train": 300, "val": 60, "test": 60}, 6, 4, lambda X: X[:, 0] > 0.5)  # imbalanced, ~31% positive
+    estimator = attacker.build(GENDER, 0, **attacker.grid[0]).fit(X["train"], y["train"].astype(int))
+    p = estimator.predict_proba(X["test"])
+    assert p.shape == (60, 2) and np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
