@@ -103,8 +103,10 @@ def card_section(report_json: str | Path, title: str | None = None) -> str:
             extra = f"; originals {num(h['original'])}" if "original" in h else ""
             rows.append([kind, attribute, h.get("role") or "", METRIC_TITLES.get(h["metric"], h["metric"]),
                          f"**{num(h['score'], digits)}** [{num(lo, digits)}, {num(hi, digits)}]{bound}", _chance_words(h) + extra,
-                         attacker_words(h["attacker"], h.get("members")), f"{h['n_train']:,} / {h['n_test']:,}"])
-    lines += table(["release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces"], rows) + [""]
+                         attacker_words(h["attacker"], h.get("members")), f"{h['n_train']:,} / {h['n_test']:,}",
+                         best_on_test_words(_best_on_test(report, kind, attribute, h))])
+    lines += table(["release", "attribute", "role", "metric", "score [95% CI]", "chance", "strongest attacker", "train / test faces",
+                    "best on test (chosen on test)"], rows) + [""]
     for kind, release in section.get("releases", {}).items():
         for name, curve in release.get("learning_curve", {}).items():
             points = " / ".join(num(pt[curve["metric"]], 2 if curve["metric"] == "mae" else 3) for pt in curve["points"])
