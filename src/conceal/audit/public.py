@@ -259,17 +259,17 @@ def _as_probabilities(predicted: np.ndarray) -> np.ndarray:
 
 def ensembles(members: dict[str, dict], label: Label, chance: float) -> tuple[dict, dict]:
     """Soft-voting ensembles of the inputs' strongest attackers, ranked by validation score (``selection_metric``):
-    the best two, the best three, ... each averaging its members' class probabilities (or age predictions) on the
-    faces all of them scored. Why: attackers that read different features (pixels, HOG, face embeddings) each
-    miss part of what the others read, and an average of them is a stronger attacker than any one: on
-    masker-lfw-gender-nonadv's images the average of the CNN, face-embedding MLP and HOG dropout MLP reads 0.923
-    where they read 0.906, 0.866 and 0.914 alone. Members must beat chance on validation (an inverted judge only
-    adds noise). Known limit: with a member that saw a sample of a split (face embeddings) the ensemble is scored on
-    that sample only, so it competes on other validation faces than full-split attackers (masker-utkface-agegroup's
-    age: 10.39 on 300 validation faces, 10.85 on its 1,500 test faces); averaging the members present on each face
-    would remove that. ``members``: "input:attacker" -> result of
-    ``suite.finish`` with that attacker's "val" scores and "n_train". Returns (attacker entries, their working
-    arrays: name -> {"_test_predictions", "_y_test"})."""
+    the best two, the best three, ... each averaging, on every face of the split that any of them scored, the class
+    probabilities (or age predictions) of the members that scored it. Why: attackers that read different features
+    (pixels, HOG, face embeddings) each miss part of what the others read, and an average of them is a stronger
+    attacker than any one: on masker-lfw-gender-nonadv's images the average of the CNN, face-embedding MLP and HOG
+    dropout MLP reads 0.923 where they read 0.906, 0.866 and 0.914 alone. Members must beat chance on validation
+    (an inverted judge only adds noise). Why the union of faces: a member that saw a sample of a split (face
+    embeddings: 300 UTKFace validation faces) would otherwise move the ensemble onto that sample, where it competes
+    on other faces than the full-split attackers (masker-utkface-agegroup's age: 10.39 on 300 validation faces,
+    10.85 on its 1,500 test faces). ``members``: "input:attacker" -> result of ``suite.finish`` with that
+    attacker's "val" scores and "n_train". Returns (attacker entries, their working arrays: name ->
+    {"_test_predictions", "_y_test"})."""
     select, higher = selection_metric(label)
     floor = chance if select == "mae" else 0.5  # the mean guess's MAE; AUC and balanced accuracy of two classes: 0.5
     usable = {n: r for n, r in members.items() if r.get("_val_predictions") is not None and r.get("val")
@@ -280,25 +280,23 @@ def ensembles(members: dict[str, dict], label: Label, chance: float) -> tuple[di
         chosen = ranked[:k]
         entry, working = {"params": {"members": chosen}, "n_train": max(usable[n]["n_train"] for n in chosen), "seconds": 0.0}, {}
         for split in ("val", "test"):
-            common = usable[chosen[0]]["_index"][split]
-            for n in chosen[1:]:
-                common = np.intersect1d(common, usable[n]["_index"][split])
-            if len(common) < 8:
-                break
-            parts, y = [], None
+            rows = np.unique(np.concatenate([usable[n]["_index"][split] for n in chosen]))  # (N,) rows of the split
+            total, count, y = None, np.zeros(len(rows)), None
             for n in chosen:
                 r = usable[n]
-                at = np.searchsorted(r["_index"][split], common)  # indices are sorted (np.flatnonzero of sorted rows)
-                predicted = r[f"_{split}_predictions"][at]
-                parts.append(predicted if label.kind == "continuous" else _as_probabilities(predicted))
-                y = r[f"_y_{split}"][at]
-            averaged = np.mean(parts, axis=0)
+                at = np.searchsorted(rows, r["_index"][split])
+                predicted = r[f"_{split}_predictions"]
+                predicted = predicted if label.kind == "continuous" else _as_probabilities(predicted)  # (n,) or (n, K)
+                if total is None:
+                    total, y = np.zeros((len(rows),) + predicted.shape[1:]), np.empty(len(rows), r[f"_y_{split}"].dtype)
+                total[at] += predicted
+                count[at] += 1
+                y[at] = r[f"_y_{split}"]  # members agree on a face's label: the same row of the same split
+            averaged = total / count.reshape((-1,) + (1,) * (total.ndim - 1))  # each face: the mean of its members
             entry[split] = score(y, averaged, label)
-            working[split] = (averaged, y, common)
-        else:
-            name = f"ensemble:top-{k}"
-            entries[name] = entry | {"n_test": int(len(working["test"][2]))}
-            arrays[name] = {"_test_predictions": working["test"][0], "_y_test": working["test"][1]}
+            working[split] = (averaged, y, rows)
+        entries[f"ensemble:top-{k}"] = entry | {"n_test": int(len(working["test"][2]))}
+        arrays[f"ensemble:top-{k}"] = {"_test_predictions": working["test"][0], "_y_test": working["test"][1]}
     return entries, arrays
 
 
