@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -201,3 +202,23 @@ def test_audit_embed_sample_takes_three_counts(capsys, tmp_path):
     assert main(["audit", "models/concealer-utkface-64", "-o", str(tmp_path / "r"), "--embed-sample", "600,200"]) == 2
     assert capsys.readouterr().err.strip().startswith("conceal: error: --embed-sample takes TRAIN,VAL,TEST")
     assert not (tmp_path / "r").exists()
+
+
+def test_audit_records_the_command_as_typed_and_a_library_call_as_the_call(monkeypatch, tmp_path):
+    # A report's provenance must let a reader re-run it: `python -m conceal` would otherwise record __main__.py's
+    # path, and a library call the interpreter's argv ("-c", or pytest's).
+    import conceal.audit
+    from conceal.audit import _call_words
+
+    defaults = {"dataset": None, "root": None, "out": "report", "max_images": None, "seed": 0, "command": None, "judges": "auto",
+                "log": print, "threat_model": "all", "max_train": None, "public_options": None, "reuse_test_halves": None}
+    given = defaults | {"dataset": "fer2013", "out": tmp_path, "public_options": {"hog": True}, "judges": {"age_gender": object()}}
+    words = _call_words("models/m", given, {"identity_faces": 100})
+    assert words == (f"run_audit('models/m', dataset='fer2013', out={str(tmp_path)!r}, judges='<judge objects>', "
+                     "public_options={'hog': True}, identity_faces=100)")
+
+    seen = {}
+    monkeypatch.setattr(conceal.audit, "run_audit", lambda *a, **kw: seen.update(kw) or "report.md")
+    argv = ["audit", "models/concealer-utkface-64", "-o", str(tmp_path / "my report"), "--threat-model", "public-model"]
+    assert main(argv) == 0
+    assert seen["command"] == "conceal audit models/concealer-utkface-64 -o " + shlex.quote(str(tmp_path / "my report")) + " --threat-model public-model"

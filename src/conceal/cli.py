@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -235,7 +236,7 @@ def cmd_audit(args) -> int:
         public_options = dict(zip(("embed_train", "embed_val", "embed_test"), sizes))
     report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed,
                        threat_model=args.threat_model, max_train=args.max_train, reuse_test_halves=args.reuse_test_halves,
-                       public_options=public_options)
+                       public_options=public_options, command=getattr(args, "command_words", None))
     print(f"report: {report}")
     return 0
 
@@ -566,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors import SafetensorError
 
     args = build_parser().parse_args(argv)
+    # The words as typed, for reports' provenance: sys.argv[0] is a path that says nothing (`-m` gives __main__.py).
+    args.command_words = "conceal " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:

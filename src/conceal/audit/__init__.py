@@ -18,7 +18,6 @@ Nothing heavy is imported until ``run_audit`` is called.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,6 +110,19 @@ def _hook(spec: str):
     return getattr(importlib.import_module(module), function)
 
 
+def _call_words(model_path, arguments: dict, options: dict) -> str:
+    """The run_audit(...) call that reproduces a library call, for the report's provenance: the arguments not left
+    at their defaults, the method's ``options``; the log function and judge objects are left out."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(run_audit).parameters.items() if p.default is not p.empty}
+    given = {name: arguments[name] for name in defaults if name not in ("log", "command") and arguments[name] != defaults[name]}
+    if not isinstance(given.get("judges", ""), str):
+        given["judges"] = "<judge objects>"
+    words = [repr(str(model_path))] + [f"{name}={str(v) if isinstance(v, Path) else v!r}" for name, v in {**given, **options}.items()]
+    return f"run_audit({', '.join(words)})"
+
+
 def run_audit(
     model_path: str | Path,
     dataset: str | None = None,
@@ -142,6 +154,8 @@ def run_audit(
     ``cnn_min_steps``; masker: ``identity_faces``, ``cnn_seeds``, ``cnn_epochs``, ``cnn_min_steps``, ``leakage``,
     baseline settings).
     """
+    if command is None:  # a library call: record the call itself (sys.argv would say "-c", or the test runner's)
+        command = _call_words(model_path, locals(), options)
     from .. import __version__
     from ..data import DataError
     from ..methods import method_class
@@ -214,7 +228,7 @@ def run_audit(
             "wall_seconds": round(time.perf_counter() - wall, 1),
             # the machine's 1/5/15-min load averages when the audit started and ended, and its cores (timings mean little without)
             "load": {"start": load_start, "end": _load(), "cpus": os.cpu_count()},
-            "command": command if command is not None else " ".join(sys.argv),
+            "command": command,
         },
         **sections,
     }
