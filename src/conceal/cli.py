@@ -236,7 +236,7 @@ def cmd_audit(args) -> int:
         public_options = dict(zip(("embed_train", "embed_val", "embed_test"), sizes))
     report = run_audit(args.model, dataset=args.dataset, root=args.root, out=args.out, max_images=args.max_images, seed=args.seed,
                        threat_model=args.threat_model, max_train=args.max_train, reuse_test_halves=args.reuse_test_halves,
-                       public_options=public_options, command=getattr(args, "command_words", None))
+                       public_options=public_options, command=args.command_words)
     print(f"report: {report}")
     return 0
 

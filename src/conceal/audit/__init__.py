@@ -119,7 +119,7 @@ def _call_words(model_path, arguments: dict, options: dict) -> str:
     given = {name: arguments[name] for name in defaults if name not in ("log", "command") and arguments[name] != defaults[name]}
     if not isinstance(given.get("judges", ""), str):
         given["judges"] = "<judge objects>"
-    words = [repr(str(model_path))] + [f"{name}={str(v) if isinstance(v, Path) else v!r}" for name, v in {**given, **options}.items()]
+    words = [repr(str(model_path))] + [f"{name}={(str(v) if isinstance(v, Path) else v)!r}" for name, v in {**given, **options}.items()]
     return f"run_audit({', '.join(words)})"
 
 
