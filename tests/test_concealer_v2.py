@@ -237,18 +237,51 @@ def test_audit_sharpness_and_face_detector_measures():
 
 def test_frontier_plan_and_baselines(tmp_path, benchmark_script):
     frontier = benchmark_script("concealer_frontier")
-    commands = frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60)
+    commands = frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60, "ROOT")
     assert len(commands) == 10 and commands[0][:3] == ["conceal", "train", "concealer"] and "model.critics_weight=0" in commands[0]
     assert commands[1][:2] == ["conceal", "audit"] and "public-model" in commands[1]
     (tmp_path / "out" / "critics_weight-1" / "checkpoint").mkdir(parents=True)
-    assert "--resume" in frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60)[2]
+    assert "--resume" in frontier.plan(tmp_path / "base", "critics_weight", [0, 1, 2, 4, 8], 2, tmp_path / "out", 60, "ROOT")[2]
+    erased = frontier.plan(tmp_path / "base", "covariance_rank", [0, 8, 16, 24, 32], 2, tmp_path / "out", 60, "ROOT")
+    assert erased[2][:2] == ["conceal", "erase"] and erased[2][erased[2].index("--covariance-rank") + 1] == "8"
+    assert erased[3][2] == str(tmp_path / "out" / "erase-cov8")  # the audit reads the erased model
     with pytest.raises(SystemExit, match="at least 5"):
-        frontier.plan(tmp_path, "critics_weight", [0, 1], 2, tmp_path, 60)
+        frontier.plan(tmp_path, "critics_weight", [0, 1], 2, tmp_path, 60, "ROOT")
+    with pytest.raises(SystemExit, match="must be one of"):
+        frontier.plan(tmp_path, "eraser", [0, 1, 2, 3, 4], 2, tmp_path, 60, "ROOT")
     images = np.random.default_rng(0).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)  # the finest pixelation: 2-px cells
     for kind, strengths in frontier.BASELINES.items():
         released = [frontier.baseline_release(kind, s, images) for s in strengths]
         assert all(r.shape == images.shape and r.dtype == np.uint8 for r in released)
         assert not np.array_equal(released[-1], images)
+
+
+def test_frontier_collect_reads_points_and_baselines(tmp_path, benchmark_script):
+    frontier = benchmark_script("concealer_frontier")
+
+    def entry(score, chance=0.5):
+        return {"score": score, "chance": chance}
+
+    fid = {"psnr": {"mean": 18.0}, "ssim": {"mean": 0.5}, "sharpness_ratio": {"reconstruction": 0.4},
+           "identity": {"reconstruction": {"same_person_rate": {"mean": 0.4}}, "different_person": {"same_person_rate": {"mean": 0.02}}}}
+    point = tmp_path / "erase-cov8"
+    (point / "audit").mkdir(parents=True)
+    (point / "audit" / "report.json").write_text(json.dumps({"headline": {
+        "codes": {"gender": entry(0.69), "race": entry(0.67), "age": entry(14.0, 15.6)},
+        "images": {"gender": entry(0.65), "race": entry(0.62), "age": entry(14.9, 15.6)}}}))
+    (tmp_path / "fidelity").mkdir()
+    (tmp_path / "fidelity" / "erase-cov8.json").write_text(json.dumps(fid))
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "blur-0.125.json").write_text(json.dumps({"headline": {"images": {
+        "gender": entry(0.7), "race": entry(0.7), "age": entry(13.0, 15.6)}}, "fidelity": {**fid, "identity": {"skipped": "no judge"}}}))
+    rows = frontier.collect([point], tmp_path / "fidelity", tmp_path / "baselines")
+    assert [r["point"] for r in rows] == ["erase-cov8", "blur-0.125"]
+    assert rows[0]["codes_gender"] == 0.69 and rows[0]["age_mean_guess"] == 15.6 and rows[0]["same_person"] == 0.4
+    assert rows[1]["codes_gender"] is None and rows[1]["images_gender"] == 0.7 and rows[1]["same_person"] is None
+    table = frontier.markdown(rows)
+    assert "| erase-cov8 | 0.690 / 0.670 / 14.00 |" in table and "| blur-0.125 | — / — / — | 0.700 / 0.700 / 13.00 |" in table
+    frontier.figure(rows, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("upsampling", ["transpose", "nearest"])
@@ -292,3 +325,16 @@ def test_pooled_sharpness_is_not_fooled_by_a_checkerboard():
     inputs = np.clip(smooth + np.random.default_rng(0).normal(0, 20, (1, 32, 32, 3)), 0, 255).astype(np.uint8)
     render = np.clip(smooth + checker, 0, 255).astype(np.uint8)  # no detail, only the checkerboard
     assert sharpness_ratio(inputs, render) > 0.5 and sharpness_ratio(inputs, render, pool=2) < 0.05
+
+
+def test_eraser_holdout_attack_reads_signal_and_not_noise(benchmark_script):
+    holdout = benchmark_script("concealer_eraser_holdout")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    signal = rng.normal(size=(400, 4)) + 3 * y[:, None]  # gender written in every column
+    noise = rng.normal(size=(400, 4))
+    assert holdout.attack(signal[:300], y[:300], signal[300:], y[300:], "binary") > 0.9
+    assert holdout.attack(noise[:300], y[:300], noise[300:], y[300:], "binary") < 0.7
+    classes = rng.integers(0, 3, 400)
+    three = rng.normal(size=(400, 4)) + 3 * np.eye(3)[classes][:, [0, 1, 2, 0]]
+    assert holdout.attack(three[:300], classes[:300], three[300:], classes[300:], "categorical") > 0.9
