@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from conceal.audit.context import AuditContext
     from conceal.methods import Concealer
     from conceal.methods.blocks import to_tensor_images
-    from conceal.methods.erasure import compose, erase, fit_covariance_eraser, fit_leace, label_groups, label_targets
+    from conceal.methods.erasure import erase, fit_projection
     from conceal.modelfile import read_model_info
 
     started = time.perf_counter()
@@ -75,14 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     halves = np.random.default_rng(args.seed).permutation(len(codes_train))
     half_a, half_b = halves[: len(halves) // 2], halves[len(halves) // 2 :]
 
-    def fitted(rows, rank):
-        labels = {n: train.labels[n][rows] for n in schema.names}
-        targets, known = label_targets(labels, schema)
-        x = codes_train[rows][known]
-        mean, projection = fit_leace(x, targets[known])
-        if rank:
-            groups = label_groups({n: v[known] for n, v in labels.items()}, schema)
-            projection = compose(projection, fit_covariance_eraser(erase(x, mean, projection), groups, rank))
+    def fitted(rows, rank):  # the eraser `conceal erase --covariance-rank rank` fits, on these rows only
+        mean, projection, _ = fit_projection(codes_train[rows], {n: train.labels[n][rows] for n in schema.names}, schema, rank)
         return mean, projection
 
     tasks = {"gender": "binary", "race": "categorical"}

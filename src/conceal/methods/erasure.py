@@ -134,6 +134,19 @@ def projection_factors(projection: np.ndarray, tol: float = 1e-6) -> tuple[np.nd
     return vt[:r].T.astype(np.float32), (u[:, :r] * s[:r]).astype(np.float32)
 
 
+def fit_projection(codes: np.ndarray, labels: dict[str, np.ndarray], schema: LabelSchema, covariance_rank: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """codes (N, d) and their labels -> (mean (d,), P (d, d), the (N,) mask of rows it was fitted on): LEACE of
+    ``schema``'s labels, then (``covariance_rank`` > 0) the covariance eraser on what LEACE leaves."""
+    labels = {n: labels[n] for n in schema.names}
+    targets, known = label_targets(labels, schema)
+    mean, projection = fit_leace(codes[known], targets[known])
+    if covariance_rank > 0:
+        groups = label_groups({n: v[known] for n, v in labels.items()}, schema)
+        projection = compose(projection, fit_covariance_eraser(erase(codes[known], mean, projection), groups, covariance_rank))
+    return mean, projection, known
+
+
 def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np.ndarray], covariance_rank: int = 0,
                     batch_size: int = 256) -> dict:
     """Fit the eraser of ``method.concealed``'s labels on the raw codes of training images and switch it on.
@@ -152,12 +165,7 @@ def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np
             for i in range(0, len(train_images), batch_size)
         ])
     schema = method.concealed
-    labels = {n: train_labels[n] for n in schema.names}
-    targets, known = label_targets(labels, schema)
-    mean, projection = fit_leace(codes[known], targets[known])
-    if covariance_rank > 0:
-        groups = label_groups({n: v[known] for n, v in labels.items()}, schema)
-        projection = compose(projection, fit_covariance_eraser(erase(codes[known], mean, projection), groups, covariance_rank))
+    mean, projection, known = fit_projection(codes, train_labels, schema, covariance_rank)
     basis_in, basis_out = projection_factors(projection)
     method.cfg.eraser_rank = basis_in.shape[1]
     method.eraser = CodeEraser(codes.shape[1], basis_in.shape[1]).to(method.device)
