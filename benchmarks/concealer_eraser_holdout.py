@@ -52,12 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-o", "--out", type=Path, default=None, help="write the numbers as JSON too")
     args = ap.parse_args(argv)
 
-    import torch
-
     from conceal.audit.context import AuditContext
     from conceal.methods import Concealer
-    from conceal.methods.blocks import to_tensor_images
-    from conceal.methods.erasure import erase, fit_projection
+    from conceal.methods.erasure import erase, fit_projection, raw_codes_of
     from conceal.modelfile import read_model_info
 
     started = time.perf_counter()
@@ -65,12 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     train, test = ctx.split("train"), ctx.split("test")
     model = Concealer.load(args.model).method  # the nn.Module (in eval mode): raw codes, before any eraser
 
-    def raw_codes(images):  # (N, d), before any eraser the model folder has
-        with torch.inference_mode():
-            return np.concatenate([model.raw_codes(to_tensor_images(images[i : i + 256], model.device)).float().numpy()
-                                   for i in range(0, len(images), 256)])
-
-    codes_train, codes_test = raw_codes(train.images), raw_codes(test.images)
+    codes_train, codes_test = raw_codes_of(model, train.images), raw_codes_of(model, test.images)  # (N, d), before any eraser
     schema = model.concealed
     halves = np.random.default_rng(args.seed).permutation(len(codes_train))
     half_a, half_b = halves[: len(halves) // 2], halves[len(halves) // 2 :]

@@ -147,6 +147,18 @@ def fit_projection(codes: np.ndarray, labels: dict[str, np.ndarray], schema: Lab
     return mean, projection, known
 
 
+def raw_codes_of(method, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, S, S, 3) uint8 faces -> (N, d) float32 codes before any eraser (what an eraser is fitted on)."""
+    from .blocks import to_tensor_images
+
+    method.eval()
+    with torch.inference_mode():
+        return np.concatenate([
+            method.raw_codes(to_tensor_images(images[i : i + batch_size], method.device)).float().cpu().numpy()
+            for i in range(0, len(images), batch_size)
+        ])
+
+
 def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np.ndarray], covariance_rank: int = 0,
                     batch_size: int = 256) -> dict:
     """Fit the eraser of ``method.concealed``'s labels on the raw codes of training images and switch it on.
@@ -156,14 +168,7 @@ def fit_code_eraser(method, train_images: np.ndarray, train_labels: dict[str, np
     where the label groups' spreads differ (``fit_covariance_eraser``), against non-linear attackers.
     Returns what was fitted (for model.json). A new eraser replaces any earlier one: it is fitted on raw codes.
     """
-    from .blocks import to_tensor_images
-
-    method.eval()
-    with torch.inference_mode():
-        codes = np.concatenate([
-            method.raw_codes(to_tensor_images(train_images[i : i + batch_size], method.device)).float().cpu().numpy()
-            for i in range(0, len(train_images), batch_size)
-        ])
+    codes = raw_codes_of(method, train_images, batch_size)
     schema = method.concealed
     mean, projection, known = fit_projection(codes, train_labels, schema, covariance_rank)
     basis_in, basis_out = projection_factors(projection)
